@@ -1,0 +1,305 @@
+"""The run directory: the contract between stages, and the only module that knows file names.
+
+Every stage reads what earlier stages wrote and writes its own outputs here, in documented,
+non-pickle formats (YAML, JSON, JSONL, Parquet, safetensors). Every file is written to a
+temporary name, flushed to disk and renamed, so a reader never sees half a file; a
+checkpoint is a folder that only counts once the pointer to it is renamed into place.
+
+Layout::
+
+    config.yaml           the resolved config the run was made with
+    fingerprint.json      config hash, data hash, package versions
+    data_profile.json     what the data stage read, dropped, filled and checked
+    schema.json           input columns with their kinds, the target, the task, the classes
+    data/{train,val,test}.parquet   the cleaned splits
+    features.json         preprocessing fitted on the training split
+    model.json            the model's builder name, keyword arguments and shapes
+    weights.safetensors   the deliverable (best) weights
+    checkpoints/          resume state: epoch-NNNN/ folders and last.json pointing at one
+    history.jsonl         one line of metrics per epoch
+    metrics.json          {"val": {...}, "test": {...}, "cv": {...}}
+    run.json              the command and per-stage timings
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+
+from dlpipe.errors import RunDirError
+
+
+class Artifact(NamedTuple):
+    """A file of the run directory and the stage that writes it (None: written by `run`)."""
+
+    filename: str
+    stage: str | None
+
+
+CONFIG = Artifact("config.yaml", None)
+FINGERPRINT = Artifact("fingerprint.json", "data")
+PROFILE = Artifact("data_profile.json", "data")
+SCHEMA = Artifact("schema.json", "data")
+FEATURES = Artifact("features.json", "features")
+MODEL = Artifact("model.json", "train")
+WEIGHTS = Artifact("weights.safetensors", "train")
+HISTORY = Artifact("history.jsonl", "train")
+METRICS = Artifact("metrics.json", "evaluate")
+RUN_INFO = Artifact("run.json", None)
+SPLITS = ("train", "val", "test")
+
+_TMP_SUFFIX = ".tmp"
+_CHECKPOINTS = "checkpoints"
+_LAST = "last.json"
+
+
+class RunDir:
+    """A run directory on disk, with a small in-memory cache of what was just written.
+
+    Example:
+        >>> rundir = RunDir.create("runs/quickstart")
+        >>> rundir.write_json(METRICS, {"test": {"accuracy": 0.97}})
+        >>> RunDir.open("runs/quickstart").read_json(METRICS)["test"]["accuracy"]
+        0.97
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._cache: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str]) -> RunDir:
+        """Make a new run directory; refuse one that already holds a run."""
+        rundir = cls(path)
+        if (rundir.path / CONFIG.filename).exists():
+            raise RunDirError(
+                f"run directory: {rundir.path} already holds a run; choose another --run-dir "
+                f"or remove it first"
+            )
+        if rundir.path.exists() and not rundir.path.is_dir():
+            raise RunDirError(f"run directory: {rundir.path} exists and is not a folder")
+        rundir.path.mkdir(parents=True, exist_ok=True)
+        return rundir
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> RunDir:
+        """Open an existing run directory and sweep temporary files a crash left behind."""
+        rundir = cls(path)
+        if not rundir.path.is_dir():
+            raise RunDirError(f"run directory: {rundir.path} does not exist")
+        if not (rundir.path / CONFIG.filename).is_file():
+            raise RunDirError(
+                f"run directory: {rundir.path} is not a dlpipe run (no {CONFIG.filename}); "
+                f"create one with `dlpipe run CONFIG --run-dir {rundir.path}`"
+            )
+        rundir.sweep()
+        return rundir
+
+    # -- generic file access ----------------------------------------------------------
+
+    def file(self, artifact: Artifact) -> Path:
+        return self.path / artifact.filename
+
+    def has(self, artifact: Artifact) -> bool:
+        return self.file(artifact).exists()
+
+    def require(self, artifact: Artifact) -> Path:
+        """Return the path of `artifact`, or say which stage must run first."""
+        path = self.file(artifact)
+        if not path.exists():
+            stage = artifact.stage or "run"
+            raise RunDirError(
+                f"{self.path} has no {artifact.filename}; run `dlpipe {stage} {self.path}` first"
+            )
+        return path
+
+    def write_bytes(self, artifact: Artifact | str, data: bytes) -> Path:
+        path = self.path / (artifact.filename if isinstance(artifact, Artifact) else artifact)
+        atomic_write(path, data)
+        return path
+
+    def write_json(self, artifact: Artifact, obj: Any) -> Path:
+        self._cache[artifact.filename] = obj
+        return self.write_bytes(artifact, dumps_json(obj).encode())
+
+    def read_json(self, artifact: Artifact) -> Any:
+        if artifact.filename not in self._cache:
+            self._cache[artifact.filename] = json.loads(self.require(artifact).read_text())
+        return self._cache[artifact.filename]
+
+    def write_yaml(self, artifact: Artifact, obj: Any) -> Path:
+        self._cache[artifact.filename] = obj
+        return self.write_bytes(artifact, yaml.safe_dump(obj, sort_keys=False).encode())
+
+    def read_yaml(self, artifact: Artifact) -> Any:
+        if artifact.filename not in self._cache:
+            self._cache[artifact.filename] = yaml.safe_load(self.require(artifact).read_text())
+        return self._cache[artifact.filename]
+
+    def write_jsonl(self, artifact: Artifact, rows: list[Mapping[str, Any]]) -> Path:
+        text = "".join(json.dumps(row, allow_nan=True) + "\n" for row in rows)
+        return self.write_bytes(artifact, text.encode())
+
+    def read_jsonl(self, artifact: Artifact) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.require(artifact).read_text().splitlines()]
+
+    def write_tensors(self, artifact: Artifact, tensors: Mapping[str, Any]) -> Path:
+        from safetensors.torch import save
+
+        return self.write_bytes(artifact, save(_contiguous(tensors)))
+
+    def read_tensors(self, artifact: Artifact) -> dict[str, Any]:
+        from safetensors.torch import load
+
+        return load(self.require(artifact).read_bytes())
+
+    # -- data splits ----------------------------------------------------------------
+
+    def split_file(self, split: str) -> Path:
+        return self.path / "data" / f"{split}.parquet"
+
+    def write_split(self, split: str, frame: Any) -> Path:
+        import io
+
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        self._cache[f"split:{split}"] = frame
+        return self.write_bytes(f"data/{split}.parquet", buffer.getvalue())
+
+    def read_split(self, split: str) -> Any:
+        key = f"split:{split}"
+        if key not in self._cache:
+            import pandas as pd
+
+            path = self.split_file(split)
+            if not path.exists():
+                raise RunDirError(
+                    f"{self.path} has no data/{split}.parquet; run `dlpipe data {self.path}` first"
+                )
+            self._cache[key] = pd.read_parquet(path)
+        return self._cache[key]
+
+    # -- checkpoints ----------------------------------------------------------------
+
+    def write_checkpoint(self, epoch: int, tensors: dict[str, dict[str, Any]], state: Any) -> Path:
+        """Write one complete checkpoint folder, then point `last.json` at it.
+
+        `tensors` maps a file stem (``model``, ``optimizer``) to its tensors. The folder is
+        built under a temporary name and renamed; only then is the pointer replaced, so an
+        interrupted write leaves the previous checkpoint in charge. Older folders are removed.
+        """
+        root = self.path / _CHECKPOINTS
+        name = f"epoch-{epoch:04d}"
+        tmp = root / f".{name}{_TMP_SUFFIX}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        from safetensors.torch import save
+
+        for stem, group in tensors.items():
+            _write_synced(tmp / f"{stem}.safetensors", save(_contiguous(group)))
+        _write_synced(tmp / "state.json", dumps_json(state).encode())
+        final = root / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        atomic_write(root / _LAST, dumps_json({"epoch": epoch, "folder": name}).encode())
+        for old in root.glob("epoch-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def read_checkpoint(self) -> tuple[dict[str, dict[str, Any]], Any] | None:
+        """Return (tensors by file stem, state) of the last complete checkpoint, or None."""
+        pointer = self.path / _CHECKPOINTS / _LAST
+        if not pointer.exists():
+            return None
+        folder = self.path / _CHECKPOINTS / json.loads(pointer.read_text())["folder"]
+        from safetensors.torch import load
+
+        tensors = {p.stem: load(p.read_bytes()) for p in sorted(folder.glob("*.safetensors"))}
+        return tensors, json.loads((folder / "state.json").read_text())
+
+    def clear_checkpoints(self) -> None:
+        shutil.rmtree(self.path / _CHECKPOINTS, ignore_errors=True)
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def sweep(self) -> list[Path]:
+        """Remove temporary files and folders an interrupted write left behind."""
+        stray = [p for p in self.path.rglob(f".*{_TMP_SUFFIX}")]
+        for path in stray:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return stray
+
+    def forget(self) -> None:
+        """Drop the in-memory cache (after another process wrote to the folder)."""
+        self._cache.clear()
+
+    @contextmanager
+    def stage_timer(self, stage: str) -> Iterator[None]:
+        """Record the wall time of `stage` in run.json."""
+        import time
+
+        start = time.perf_counter()
+        yield
+        info = self.read_json(RUN_INFO) if self.has(RUN_INFO) else {"stages": {}}
+        info.setdefault("stages", {})[stage] = {"seconds": round(time.perf_counter() - start, 3)}
+        self.write_json(RUN_INFO, info)
+
+
+def dumps_json(obj: Any) -> str:
+    """JSON with sorted-free, stable formatting; numpy scalars and arrays become plain values."""
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file, fsync, rename, fsync of the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{_TMP_SUFFIX}")
+    _write_synced(tmp, data)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _contiguous(tensors: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
