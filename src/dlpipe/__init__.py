@@ -1,6 +1,39 @@
-"""dlpipe: the deep-learning workflow from one declarative YAML file."""
+"""dlpipe: the deep-learning workflow from one declarative YAML file.
 
+Example:
+    >>> import dlpipe
+    >>> result = dlpipe.run("examples/quickstart.yaml")
+    >>> dlpipe.load(result.path).predict(rows).labels
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dlpipe.config import PipelineConfig, load_config
 from dlpipe.errors import ConfigError, DataError, DlpipeError, RunDirError, TrainingError
+from dlpipe.runs import RunDir
 
-__all__ = ["ConfigError", "DataError", "DlpipeError", "RunDirError", "TrainingError"]
+if TYPE_CHECKING:
+    from dlpipe.pipeline import Result
+    from dlpipe.predict import Predictor
+
+__all__ = [
+    "ConfigError", "DataError", "DlpipeError", "PipelineConfig", "RunDir", "RunDirError",
+    "TrainingError", "load", "load_config", "run",
+]
 __version__ = "0.1.0"
+
+
+def run(config: Any, **kwargs: Any) -> Result:
+    """Run a pipeline; see `dlpipe.pipeline.run`."""
+    from dlpipe.pipeline import run as run_pipeline
+
+    return run_pipeline(config, **kwargs)
+
+
+def load(run_dir: Any) -> Predictor:
+    """Load a trained run for prediction; see `dlpipe.predict.load`."""
+    from dlpipe.predict import load as load_predictor
+
+    return load_predictor(run_dir)

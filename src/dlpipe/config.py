@@ -10,6 +10,7 @@ checked against the builder's signature by `pipeline.check`, so this module impo
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -72,7 +73,7 @@ class SourceConfig(Section):
         ]
         | None
     ) = None
-    """A data set that ships with scikit-learn, or one of its generators. Target column: `target`."""
+    """A data set that ships with scikit-learn, or one of its generators (target: `target`)."""
 
     params: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments of the generator (`n_samples`, `n_features`, `random_state`, ...)."""
@@ -430,7 +431,7 @@ def load_config(
         if not path.is_file():
             raise ConfigError([("", f"config file {str(path)!r} does not exist")])
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.load(path.read_text(), Loader=_Loader) or {}
         except yaml.YAMLError as exc:
             raise ConfigError([("", f"{path} is not valid YAML: {exc}")]) from None
         if not isinstance(raw, dict):
@@ -442,7 +443,7 @@ def load_config(
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc)) from None
+        raise ConfigError(_problems(exc, raw)) from None
     if base is not None and config.data.source is not None and config.data.source.path:
         resolved = _resolve(config.data.source.path, base)
         config = config.model_copy(update={"data": config.data.model_copy(update={
@@ -466,9 +467,10 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ConfigError([("--set", f"expected KEY=VALUE (e.g. train.epochs=5); got {item!r}")])
+            raise ConfigError([("--set", f"expected KEY=VALUE (e.g. train.epochs=5); "
+                                         f"got {item!r}")])
         try:
-            value = yaml.safe_load(text)
+            value = yaml.load(text, Loader=_Loader)
         except yaml.YAMLError:
             value = text
         parts = key.split(".")
@@ -516,12 +518,10 @@ def _resolve(path: str, base: Path) -> str:
     return str(p if p.is_absolute() else (base / p))
 
 
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+def _problems(exc: ValidationError, raw: Any) -> list[tuple[str, str]]:
     problems = []
     for err in exc.errors():
-        loc = [str(part) for part in err["loc"]]
-        # Drop pydantic's union-branch tags (e.g. 'literal['x']', 'SourceConfig') from paths.
-        loc = [part for part in loc if not _is_tag(part)]
+        loc = _user_path(err["loc"], raw, err["type"] == "missing")
         path = ".".join(loc)
         if err["type"] == "extra_forbidden":
             fields = _fields_at(loc[:-1])
@@ -541,8 +541,31 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
     return list(seen.items())
 
 
-def _is_tag(part: str) -> bool:
-    return part[:1].isupper() or part.startswith(("literal[", "function-", "nullable", "union["))
+def _user_path(loc: tuple[Any, ...], raw: Any, missing: bool) -> list[str]:
+    """Pydantic's error location in the user's keys. Union-branch tags ('float',
+    'SourceConfig', "literal['x']") are not keys of the input, so walking the input drops them;
+    only a missing field's name is kept though it is not in the input."""
+    path, node = [], raw
+    for depth, part in enumerate(loc):
+        in_mapping = isinstance(node, Mapping) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_mapping or in_list:
+            node = node[part]
+        elif not (missing and depth == len(loc) - 1):
+            continue
+        path.append(str(part))
+    return path
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats such as `1e-3` (YAML 1.1 needs `1.0e-3`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _fields_at(loc: list[str]) -> list[str]:

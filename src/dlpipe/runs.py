@@ -14,6 +14,7 @@ Layout::
     data/{train,val,test}.parquet   the cleaned splits
     features.json         preprocessing fitted on the training split
     model.json            the model's builder name, keyword arguments and shapes
+    training.json         epochs run, why training stopped, the kept epoch and its source
     weights.safetensors   the deliverable (best) weights
     checkpoints/          resume state: epoch-NNNN/ folders and last.json pointing at one
     history.jsonl         one line of metrics per epoch
@@ -49,6 +50,7 @@ PROFILE = Artifact("data_profile.json", "data")
 SCHEMA = Artifact("schema.json", "data")
 FEATURES = Artifact("features.json", "features")
 MODEL = Artifact("model.json", "train")
+TRAINING = Artifact("training.json", "train")
 WEIGHTS = Artifact("weights.safetensors", "train")
 HISTORY = Artifact("history.jsonl", "train")
 METRICS = Artifact("metrics.json", "evaluate")
@@ -236,7 +238,7 @@ class RunDir:
 
     def sweep(self) -> list[Path]:
         """Remove temporary files and folders an interrupted write left behind."""
-        stray = [p for p in self.path.rglob(f".*{_TMP_SUFFIX}")]
+        stray = list(self.path.rglob(f".*{_TMP_SUFFIX}"))
         for path in stray:
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

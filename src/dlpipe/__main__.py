@@ -1,0 +1,5 @@
+"""`python -m dlpipe` (what `torchrun -m dlpipe` uses)."""
+
+from dlpipe.cli import main
+
+main()

@@ -1,0 +1,174 @@
+"""The command line: `dlpipe run` plus one subcommand per stage. A thin typer layer.
+
+A `DlpipeError` is printed as ``error: <message>`` without a traceback and exits 2;
+`--debug` shows the traceback. Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dlpipe.errors import DlpipeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="The deep-learning workflow from one declarative YAML file.")
+out = Console()
+_debug = False
+
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a config field by dotted path: a.b.c=VALUE (repeatable).")]
+RunDirArg = Annotated[Path, typer.Argument(help="A run directory made by `dlpipe run`.")]
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option(help="Show tracebacks of errors.")] = False) -> None:
+    global _debug
+    _debug = debug
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="The pipeline's YAML file.")],
+    run_dir: Annotated[Path | None, typer.Option(help="Where to write the run.")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Run every stage of a pipeline; print the test metrics and the run directory."""
+    from dlpipe.pipeline import run as run_pipeline
+
+    result = run_pipeline(config, run_dir=run_dir, overrides=set_ or ())
+    _print_metrics(result.metrics)
+    out.print(f"run directory: {result.path}")
+
+
+@app.command()
+def validate(config: Path, set_: SetOption = None) -> None:
+    """Check a config file (types, names, builder arguments) without running anything."""
+    from dlpipe.config import load_config
+    from dlpipe.pipeline import check
+
+    check(load_config(config, set_ or ()))
+    out.print(f"{config}: valid")
+
+
+@app.command()
+def schema(output: Annotated[Path | None, typer.Option("-o", "--output")] = None) -> None:
+    """Print the JSON Schema of config files (for editor completion)."""
+    from dlpipe.config import json_schema
+
+    text = json.dumps(json_schema(), indent=2)
+    if output is None:
+        sys.stdout.write(text + "\n")
+    else:
+        from dlpipe.runs import atomic_write
+
+        atomic_write(output, text.encode())
+
+
+@app.command()
+def data(rundir: RunDirArg, set_: SetOption = None) -> None:
+    """Load, clean and split the data of a run again."""
+    _stage("data", rundir, set_)
+
+
+@app.command()
+def features(rundir: RunDirArg, set_: SetOption = None) -> None:
+    """Fit the preprocessing on the run's training split."""
+    _stage("features", rundir, set_)
+
+
+@app.command()
+def train(
+    rundir: RunDirArg,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+    set_: SetOption = None,
+) -> None:
+    """Train the model of a run (from scratch, or resumed)."""
+    _stage("train", rundir, set_, resume=resume)
+
+
+@app.command()
+def evaluate(rundir: RunDirArg, set_: SetOption = None) -> None:
+    """Evaluate a trained run on its validation and test splits."""
+    metrics = _stage("evaluate", rundir, set_)
+    _print_metrics(metrics)
+
+
+@app.command()
+def predict(
+    rundir: RunDirArg,
+    input: Annotated[Path, typer.Argument(help="CSV, Parquet or JSON Lines rows.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write predictions "
+                                         "(.csv, .parquet or .jsonl).")],
+) -> None:
+    """Predict rows of a file with a trained run."""
+    from dlpipe.predict import load, read_rows, write_predictions
+
+    prediction = load(rundir).predict(read_rows(input))
+    write_predictions(prediction, output)
+    out.print(f"{len(prediction.labels)} predictions written to {output}")
+
+
+def _stage(stage: str, path: Path, overrides: list[str] | None, **options: Any) -> Any:
+    from dlpipe.pipeline import load_run_config, run_stage
+    from dlpipe.runs import RunDir
+
+    rundir = RunDir.open(path)
+    cfg = load_run_config(rundir, overrides or ())
+    return run_stage(stage, cfg, rundir, **options)
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    splits = [s for s in ("val", "test") if s in metrics]
+    if not splits:
+        return
+    table = Table(title="metrics")
+    table.add_column("metric")
+    for split in splits:
+        table.add_column(split, justify="right")
+    names = [k for k, v in metrics[splits[-1]].items() if isinstance(v, float | int | None)]
+    for name in names:
+        table.add_row(name, *(_fmt(metrics[s].get(name)) for s in splits))
+    out.print(table)
+    if "cv" in metrics:
+        cv = Table(title=f"cross-validation ({metrics['cv'].get('folds', '?')} folds)")
+        cv.add_column("metric")
+        cv.add_column("mean ± std", justify="right")
+        for name, stats in metrics["cv"].get("metrics", {}).items():
+            cv.add_row(name, f"{stats['mean']:.4f} ± {stats['std']:.4f}")
+        out.print(cv)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def main() -> None:
+    """Console entry point: DlpipeError → `error: ...` on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except DlpipeError as exc:
+        if _debug:
+            raise
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        sys.exit(code)
+    except Exception as exc:  # click usage errors come here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise

@@ -1,0 +1,154 @@
+"""Infer the kind of every input column and the task from the target, before splitting.
+
+Kinds: bool or exactly two distinct values → `binary`; numeric dtype → `numeric`; text →
+`categorical`, unless every non-missing value parses as a number (→ `numeric`, converted).
+A text column where nearly every value is a number but a few are not (``'?'``, ``'n/a'``) is
+almost always a numeric column with stray markers, so it fails with the row and value rather
+than silently turning into a categorical column; `data.columns` overrides any inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dlpipe.data._messages import jsonable, rows_text
+from dlpipe.errors import DataError
+
+_MOSTLY_NUMERIC = 0.9  # share of parseable values above which stray text is an error
+_MAX_CLASS_VALUES = 20  # an integer target with at most this many values is a class label
+
+
+def infer_kinds(
+    frame: pd.DataFrame, inputs: Sequence[str], overrides: Mapping[str, str]
+) -> tuple[pd.DataFrame, dict[str, str], dict[str, int]]:
+    """Return (frame with numeric columns made numeric, kind per input, inf count per column).
+
+    Infinite values in numeric inputs become missing values (counted), so the missing-value
+    strategy handles them.
+    """
+    frame = frame.copy(deep=False)  # columns are replaced, never written in place
+    kinds: dict[str, str] = {}
+    infinite: dict[str, int] = {}
+    for name in inputs:
+        column = frame[name]
+        kind = overrides.get(name) or _infer_kind(name, column)
+        if kind == "numeric":
+            column = _as_numeric(name, column, forced=name in overrides)
+            finite = np.isfinite(column.to_numpy(dtype=float, na_value=np.nan))
+            bad = ~finite & column.notna().to_numpy()
+            if bad.any():
+                infinite[name] = int(bad.sum())
+                column = column.astype(float).where(~bad)
+            frame[name] = column
+        elif kind == "binary":
+            distinct = column.nunique(dropna=True)
+            if distinct > 2:
+                raise DataError(f"data.columns.{name}: 'binary' needs at most 2 distinct values; "
+                                f"column {name!r} has {distinct}")
+        kinds[name] = kind
+    return frame, kinds, infinite
+
+
+def _infer_kind(name: str, column: pd.Series) -> str:
+    dtype = column.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return "binary"
+    if pd.api.types.is_datetime64_any_dtype(dtype) or pd.api.types.is_timedelta64_dtype(dtype):
+        raise DataError(
+            f"data.columns: column {name!r} holds dates/times ({dtype}), which are not a model "
+            f"input; set data.columns.{name}: ignore, or use it as data.split.time_column"
+        )
+    if pd.api.types.is_numeric_dtype(dtype):
+        # A glance at the first rows settles most columns without hashing all of them.
+        many = column.iloc[:1000].nunique(dropna=True) > 2 or column.nunique(dropna=True) != 2
+        return "numeric" if many else "binary"
+    uniques = column.dropna().unique()
+    if len(uniques) == 2:
+        return "binary"
+    if isinstance(dtype, pd.CategoricalDtype):
+        return "categorical"
+    # Parse each distinct text once, not every row.
+    parsed = pd.to_numeric(pd.Series(np.asarray(uniques, dtype=object)), errors="coerce")
+    stray = np.asarray(uniques, dtype=object)[parsed.isna().to_numpy()]
+    if len(stray) == 0:
+        return "numeric"
+    present = int(column.notna().sum())
+    if 1 - column.isin(stray).sum() / present >= _MOSTLY_NUMERIC:
+        _as_numeric(name, column, forced=False)  # raises, naming the first bad row
+    return "categorical"
+
+
+def _as_numeric(name: str, column: pd.Series, *, forced: bool) -> pd.Series:
+    if pd.api.types.is_bool_dtype(column.dtype):
+        return column.astype(float)
+    if pd.api.types.is_numeric_dtype(column.dtype):
+        return column
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        column = column.astype(object)
+    parsed = pd.to_numeric(column, errors="coerce")
+    bad = column.notna() & parsed.isna()
+    if bad.any():
+        rows = column.index[bad.to_numpy()]
+        why = "is set numeric in data.columns" if forced else "looks numeric"
+        fix = ("fix the data or drop those rows" if forced else
+               f"fix the data, or set data.columns.{name}: categorical")
+        raise DataError(
+            f"data.columns: column {name!r} is numeric ({why}) but row {rows[0]} holds "
+            f"{column[rows[0]]!r} ({int(bad.sum())} non-numeric values, {rows_text(rows)}); {fix}"
+        )
+    return parsed
+
+
+def infer_task(y: pd.Series, task: str, target: str) -> tuple[str, list[Any], pd.Series]:
+    """Return (task, sorted classes as JSON scalars, target) from the target column.
+
+    An integer-valued float target of a classification task becomes int64.
+
+    Raises:
+        DataError: the target does not fit the configured task, or holds a single value.
+    """
+    numeric = pd.api.types.is_numeric_dtype(y.dtype) and not pd.api.types.is_bool_dtype(y.dtype)
+    if task == "regression":
+        if not numeric:
+            parsed = pd.to_numeric(y, errors="coerce")
+            bad = parsed.isna()
+            if bad.any():
+                row = y.index[bad.to_numpy()][0]
+                raise DataError(f"data.task: regression needs a numeric target, but column "
+                                f"{target!r} holds {y[row]!r} at row {row}")
+            y = parsed
+        return task, [], y
+    integral = numeric and bool(np.all(np.mod(y.to_numpy(dtype=float), 1) == 0))
+    distinct = int(y.nunique())
+    if task == "auto":
+        if numeric and not integral:
+            return "regression", [], y
+        if numeric and not (distinct <= _MAX_CLASS_VALUES and distinct < len(y) / 2):
+            return "regression", [], y
+    if integral and pd.api.types.is_float_dtype(y.dtype):
+        y = y.astype("int64")
+    classes = _sorted_classes(y, target)
+    if len(classes) < 2:
+        raise DataError(f"data.target: column {target!r} holds a single value "
+                        f"({classes[0]!r}); there is nothing to learn")
+    if task == "binary" and len(classes) != 2:
+        shown = ", ".join(map(str, classes[:10])) + (", ..." if len(classes) > 10 else "")
+        raise DataError(f"data.task: 'binary' needs exactly 2 classes, but column {target!r} "
+                        f"has {len(classes)} ({shown}); set data.task: multiclass")
+    if task == "auto":
+        task = "binary" if len(classes) == 2 else "multiclass"
+    return task, classes, y
+
+
+def _sorted_classes(y: pd.Series, target: str) -> list[Any]:
+    unique = [jsonable(v) for v in pd.unique(y)]
+    try:
+        return sorted(unique)
+    except TypeError:
+        raise DataError(f"data.target: column {target!r} mixes value types "
+                        f"({sorted({type(v).__name__ for v in unique})}); make it one type"
+                        ) from None

@@ -1,0 +1,204 @@
+"""Read the data stage's table from a file or a bundled data set into a pandas DataFrame.
+
+CSV, Parquet and JSON Lines are read with pyarrow; ``.npz`` holds arrays `X` (or `x`) and
+`y`, optionally `feature_names`. Every error names the config field `data.source.path`.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dlpipe.config import SourceConfig
+from dlpipe.errors import DataError
+
+FORMATS = ("csv", "parquet", "jsonl", "npz")
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".npz": "npz",
+}
+_COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")  # pyarrow decompresses CSV/JSON by extension
+_FIELD = "data.source.path"
+
+
+def load_table(
+    source: SourceConfig | str | os.PathLike[str], format: str = "auto"
+) -> pd.DataFrame:
+    """Read a table from a `SourceConfig` (file or builtin) or straight from a file path.
+
+    Args:
+        source: the `data.source` section, or a path.
+        format: `auto` (by extension), `csv`, `parquet`, `jsonl` or `npz`; used for paths only.
+
+    Returns:
+        The table with a fresh RangeIndex, so index labels are 0-based row numbers in the file.
+
+    Raises:
+        DataError: the file is missing, empty, unreadable or of an unknown format.
+        ConfigError: bad `params` for a builtin generator.
+
+    Example:
+        >>> frame = load_table("data/houses.csv")
+    """
+    if isinstance(source, SourceConfig):
+        if source.builtin is not None:
+            from dlpipe.data.builtin import load_builtin
+
+            return load_builtin(source.builtin, source.params)
+        path, format = source.path, source.format
+    else:
+        path = source
+    return read_file(Path(str(path)), format)
+
+
+def resolve_format(path: Path, format: str = "auto") -> str:
+    """The format of `path`: `format` itself unless `auto`, else from the file's extension."""
+    if format != "auto":
+        if format not in FORMATS:
+            raise DataError(f"data.source.format: unknown format {format!r}; known: "
+                            f"{', '.join(FORMATS)}")
+        return format
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSED:
+        suffixes = suffixes[:-1]
+    found = _EXTENSIONS.get(suffixes[-1]) if suffixes else None
+    if found is None:
+        raise DataError(
+            f"{_FIELD}: cannot tell the format of {str(path)!r} from its extension; use one of "
+            f"{', '.join(sorted(_EXTENSIONS))} or set data.source.format"
+        )
+    return found
+
+
+def read_file(path: Path, format: str = "auto") -> pd.DataFrame:
+    """Read one CSV, Parquet, JSON Lines or .npz file; see `load_table`."""
+    if not path.exists():
+        raise DataError(f"{_FIELD}: file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise DataError(f"{_FIELD}: {str(path)!r} is not a file")
+    fmt = resolve_format(path, format)
+    if path.stat().st_size == 0:
+        raise DataError(f"{_FIELD}: file {str(path)!r} is empty")
+    frame = _read_npz(path) if fmt == "npz" else _table_to_frame(_read_arrow(path, fmt), path)
+    if frame.shape[1] == 0:
+        raise DataError(f"{_FIELD}: file {str(path)!r} has no columns")
+    if len(frame) == 0:
+        raise DataError(f"{_FIELD}: file {str(path)!r} has no rows (columns: "
+                        f"{', '.join(map(str, frame.columns))})")
+    return frame
+
+
+def frame_from_arrays(
+    X: Any,
+    y: Any,
+    feature_names: Sequence[str] | None = None,
+    target: str = "target",
+) -> pd.DataFrame:
+    """Build the stage's table from NumPy arrays handed in from Python.
+
+    Args:
+        X: features, shape (N, F); (N,) is one feature and (N, ...) is flattened to (N, F).
+        y: targets, shape (N,) or (N, 1).
+        feature_names: F column names; default ``x0 .. x{F-1}``.
+        target: name of the target column.
+
+    Raises:
+        DataError: the shapes or the names do not fit together.
+
+    Example:
+        >>> frame = frame_from_arrays(np.random.rand(100, 3), np.arange(100) % 2)
+        >>> list(frame.columns)
+        ['x0', 'x1', 'x2', 'target']
+    """
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim == 0 or X.shape[0] == 0:
+        raise DataError(f"X: expected an array of shape (N, F) with N > 0; got shape {X.shape}")
+    X = X.reshape(len(X), -1)  # (N, ...) -> (N, F)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != len(X):
+        raise DataError(f"y: expected shape ({len(X)},) to match X's {len(X)} rows; "
+                        f"got shape {y.shape}")
+    if feature_names is None:
+        names = [f"x{i}" for i in range(X.shape[1])]
+    else:
+        names = [str(n) for n in feature_names]
+        if len(names) != X.shape[1]:
+            raise DataError(f"feature_names: expected {X.shape[1]} names, one per column of X; "
+                            f"got {len(names)}")
+        if len(set(names)) != len(names):
+            raise DataError(f"feature_names: names must be distinct; got {names}")
+    if target in names:
+        raise DataError(f"target: {target!r} is also a feature name; choose another target name")
+    frame = pd.DataFrame(X, columns=names)
+    frame[target] = y
+    return frame
+
+
+def _read_arrow(path: Path, fmt: str) -> Any:
+    import pyarrow as pa
+
+    try:
+        if fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            # Empty cells in text columns are missing values, as in pandas.read_csv.
+            options = pacsv.ConvertOptions(strings_can_be_null=True)
+            return pacsv.read_csv(path, convert_options=options)
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path)
+        import pyarrow.json as pajson
+
+        return pajson.read_json(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        if "Empty CSV file" in str(exc):
+            raise DataError(f"{_FIELD}: file {str(path)!r} is empty") from None
+        raise DataError(f"{_FIELD}: cannot read {str(path)!r} as {fmt}: {exc}") from None
+
+
+def _table_to_frame(table: Any, path: Path) -> pd.DataFrame:
+    import pyarrow.types as pat
+
+    for field in table.schema:
+        if pat.is_nested(field.type):
+            raise DataError(
+                f"{_FIELD}: column {field.name!r} of {str(path)!r} holds nested values "
+                f"({field.type}); flatten it into plain columns first"
+            )
+    # Dates become datetime64 so a time column sorts and compares as time.
+    return table.to_pandas(date_as_object=False)
+
+
+def _read_npz(path: Path) -> pd.DataFrame:
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            contents = {name: arrays[name] for name in arrays.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{_FIELD}: cannot read {str(path)!r} as npz: {exc}") from None
+    x_name = next((n for n in ("X", "x") if n in contents), None)
+    if x_name is None or "y" not in contents:
+        missing = "array 'X' (or 'x')" if x_name is None else "array 'y'"
+        raise DataError(f"{_FIELD}: {str(path)!r} has no {missing}; found: "
+                        f"{', '.join(sorted(contents)) or 'nothing'}")
+    if contents[x_name].ndim == 0 or len(contents[x_name]) == 0:
+        raise DataError(f"{_FIELD}: file {str(path)!r} has no rows (array {x_name!r} is empty)")
+    names = contents.get("feature_names")
+    try:
+        return frame_from_arrays(contents[x_name], contents["y"],
+                                 feature_names=None if names is None else names.tolist())
+    except DataError as exc:
+        raise DataError(f"{_FIELD}: arrays in {str(path)!r} do not fit together: {exc}") from None

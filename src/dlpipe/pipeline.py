@@ -1,0 +1,215 @@
+"""Run the enabled stages in order. Each stage is a plain function `run(cfg, rundir)`;
+nothing else orchestrates. `check` validates every component before any work starts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from dlpipe import runs
+from dlpipe.config import PipelineConfig, load_config, to_dict
+from dlpipe.errors import ConfigError, DlpipeError
+from dlpipe.runs import RunDir
+
+STAGES = ("data", "features", "train", "evaluate")
+
+ConfigSource = str | os.PathLike[str] | dict[str, Any] | PipelineConfig
+
+
+@dataclass
+class Result:
+    """What `dlpipe.run` returns: the run directory and what the stages measured."""
+
+    rundir: RunDir
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+    @property
+    def path(self) -> Path:
+        return self.rundir.path
+
+
+def check(cfg: PipelineConfig) -> None:
+    """Resolve every component name and bind its kwargs to the builder's signature.
+
+    Raises:
+        ConfigError: listing every problem with its dotted path.
+    """
+    from dlpipe._signature import check_kwargs
+    from dlpipe.metrics import METRICS
+    from dlpipe.models import MODELS
+    from dlpipe.models.init import INITS
+    from dlpipe.train import LOSSES, OPTIMIZERS, SCHEDULERS
+
+    problems: list[tuple[str, str]] = []
+
+    def component(registry: Any, comp: Any, path: str, skip: Iterable[str]) -> None:
+        try:
+            builder = registry.get(comp.name, path=f"{path}.name")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            return
+        problems.extend(check_kwargs(builder, comp.kwargs, path, skip=skip))
+
+    component(MODELS, cfg.model, "model", ("in_features", "out_features", "cardinalities"))
+    if cfg.model.init is not None:
+        try:
+            INITS.get(cfg.model.init, path="model.init")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    tc = cfg.train
+    component(OPTIMIZERS, tc.optimizer, "train.optimizer", ("params",))
+    if tc.loss is not None:
+        component(LOSSES, tc.loss, "train.loss", ())
+    if tc.scheduler is not None:
+        component(SCHEDULERS, tc.scheduler, "train.scheduler",
+                  ("optimizer", "epochs", "steps_per_epoch"))
+        if tc.scheduler.name == "plateau" and tc.warmup_epochs:
+            problems.append(("train.warmup_epochs",
+                             "warmup cannot be combined with the plateau scheduler; use 0"))
+    for i, name in enumerate(cfg.evaluate.metrics or ()):
+        if name not in METRICS:
+            try:
+                METRICS.get(name, path=f"evaluate.metrics[{i}]")
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+    if tc.early_stopping is not None:
+        monitor = tc.early_stopping.monitor
+        known = ["val_loss", *(f"val_{n}" for n in METRICS.names() if n != "confusion_matrix")]
+        if monitor not in known:
+            from dlpipe.errors import suggest
+
+            problems.append(("train.early_stopping.monitor",
+                             f"unknown value {monitor!r}. {suggest(monitor, known)}"))
+    if problems:
+        raise ConfigError(problems)
+
+
+def run(
+    config: ConfigSource,
+    *,
+    run_dir: str | os.PathLike[str] | None = None,
+    overrides: Iterable[str] = (),
+    data: Any = None,
+    stages: Iterable[str] = STAGES,
+) -> Result:
+    """Run the pipeline a config describes and return its metrics.
+
+    Args:
+        config: a YAML path, a dict, or a `PipelineConfig`.
+        run_dir: where to write the run; default ``runs/<name>-<timestamp>``.
+        overrides: ``a.b.c=VALUE`` items applied to the config.
+        data: a pandas DataFrame, or ``(X, y)`` NumPy arrays, used instead of `data.source`.
+
+    Example:
+        >>> result = dlpipe.run("examples/quickstart.yaml", overrides=["train.epochs=5"])
+        >>> result.metrics["test"]["accuracy"]
+    """
+    cfg = load_config(config, overrides)
+    check(cfg)
+    if data is None and cfg.data.source is None:
+        raise ConfigError([("data.source", "required unless data is passed from Python "
+                                           "(dlpipe.run(config, data=frame))")])
+    rundir = RunDir.create(run_dir or default_run_dir(cfg))
+    rundir.write_yaml(runs.CONFIG, to_dict(cfg))
+    rundir.write_json(runs.RUN_INFO, {"command": command_line(), "stages": {}})
+    try:
+        run_stage("data", cfg, rundir, data=data)
+    except DlpipeError:
+        shutil.rmtree(rundir.path, ignore_errors=True)  # nothing was made: leave nothing behind
+        raise
+    for stage in stages:
+        if stage != "data":
+            run_stage(stage, cfg, rundir)
+    metrics = rundir.read_json(runs.METRICS) if rundir.has(runs.METRICS) else {}
+    history = rundir.read_jsonl(runs.HISTORY) if rundir.has(runs.HISTORY) else []
+    return Result(rundir, metrics, history)
+
+
+def run_stage(stage: str, cfg: PipelineConfig, rundir: RunDir, **options: Any) -> Any:
+    """Run one stage on `rundir`, timing it in run.json."""
+    if stage not in STAGES:
+        raise ConfigError([("stage", f"unknown stage {stage!r}; known: {', '.join(STAGES)}")])
+    with rundir.stage_timer(stage):
+        if stage == "data":
+            from dlpipe import data
+
+            frame = _frame(options.get("data"), cfg.data.target)
+            result = data.run(cfg, rundir, frame=frame)
+            write_fingerprint(cfg, rundir, result.data_hash)
+            return result
+        if stage == "features":
+            from dlpipe import features
+
+            return features.run(cfg, rundir)
+        if stage == "train":
+            from dlpipe import train
+
+            return train.run(cfg, rundir, resume=options.get("resume", False))
+        from dlpipe import evaluate
+
+        return evaluate.run(cfg, rundir)
+
+
+def load_run_config(rundir: RunDir, overrides: Iterable[str] = ()) -> PipelineConfig:
+    """The config a run was made with (config.yaml), with optional overrides."""
+    cfg = load_config(rundir.read_yaml(runs.CONFIG), overrides)
+    check(cfg)
+    return cfg
+
+
+def default_run_dir(cfg: PipelineConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{cfg.name or 'run'}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def write_fingerprint(cfg: PipelineConfig, rundir: RunDir, data_hash: str) -> None:
+    """Config hash, data hash and package versions: what makes two runs comparable."""
+    canonical = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    versions = {"python": platform.python_version()}
+    for package in ("dlpipe", "torch", "numpy", "pandas", "pyarrow", "scikit-learn", "pydantic"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    rundir.write_json(runs.FINGERPRINT, {
+        "config_sha256": hashlib.sha256(canonical).hexdigest(),
+        "data_sha256": data_hash,
+        "versions": versions,
+        "platform": platform.platform(),
+    })
+
+
+def command_line() -> str:
+    return " ".join(["dlpipe", *sys.argv[1:]]) if sys.argv and "dlpipe" in sys.argv[0] else ""
+
+
+def _frame(data: Any, target: str) -> Any:
+    if data is None:
+        return None
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        return data
+    if isinstance(data, tuple) and len(data) == 2:
+        from dlpipe.data import frame_from_arrays
+
+        return frame_from_arrays(data[0], data[1], target=target)
+    raise ConfigError([("data", f"expected a pandas DataFrame or a tuple (X, y) of arrays; got "
+                                f"{type(data).__name__}")])
+

@@ -1,0 +1,147 @@
+"""Predictions from a trained run: `dlpipe.load(run_dir).predict(rows)` and `dlpipe predict`.
+
+A `Predictor` holds only what the run directory says: the fitted preprocessing
+(features.json), the model spec (model.json) and the weights (safetensors). New rows are
+checked against the training schema first, so a missing, extra or mistyped column is an
+error that lists what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dlpipe import runs
+from dlpipe.errors import DataError
+from dlpipe.features import FittedFeatures
+from dlpipe.features import load as load_features
+from dlpipe.models.heads import to_scores
+from dlpipe.models.spec import load_network
+from dlpipe.runs import RunDir
+
+__all__ = ["Prediction", "Predictor", "load", "read_rows", "write_predictions"]
+
+
+@dataclass
+class Prediction:
+    """Predicted labels (or values) and, for classification, one probability column a class."""
+
+    labels: np.ndarray
+    """(N,) predicted class labels as in the training data, or predicted values."""
+
+    probabilities: np.ndarray | None
+    """(N, K) class probabilities in the order of `classes`; None for regression."""
+
+    classes: list[Any]
+
+    def to_frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame({"prediction": self.labels})
+        if self.probabilities is not None:
+            for i, cls in enumerate(self.classes):
+                frame[f"probability_{cls}"] = self.probabilities[:, i]
+        return frame
+
+
+class Predictor:
+    """A trained run, ready to predict on raw rows.
+
+    Example:
+        >>> predictor = dlpipe.load("runs/quickstart")
+        >>> predictor.predict(frame).labels[:3]
+    """
+
+    def __init__(self, fitted: FittedFeatures, model: torch.nn.Module, threshold: float = 0.5,
+                 target: str | None = None) -> None:
+        self.fitted = fitted
+        self.model = model.eval()
+        self.threshold = threshold
+        self.target = target
+
+    @property
+    def task(self) -> str:
+        return self.fitted.task
+
+    @property
+    def classes(self) -> list[Any]:
+        return list(self.fitted.target.classes_) if self.task != "regression" else []
+
+    def predict(self, rows: pd.DataFrame | np.ndarray | Sequence[Mapping[str, Any]]
+                ) -> Prediction:
+        """Predict raw rows: a DataFrame, a list of dicts, or a 2-D array in column order."""
+        frame = self.fitted.inputs.validate_input(self._frame(rows), target=self.target)
+        x = torch.as_tensor(self.fitted.inputs.transform(frame), dtype=torch.float32)
+        with torch.inference_mode():
+            outputs = torch.cat([self.model(x[i:i + 4096]) for i in range(0, len(x), 4096)]
+                                ) if len(x) else torch.zeros(0, 1)
+        scores = to_scores(self.task, outputs).numpy()
+        if self.task == "regression":
+            return Prediction(self.fitted.target.inverse_transform(scores), None, [])
+        if self.task == "binary":
+            probabilities = np.stack([1 - scores, scores], axis=1)
+            indices = (scores >= self.threshold).astype(np.int64)
+        else:
+            probabilities = scores
+            indices = scores.argmax(axis=1)
+        return Prediction(self.fitted.target.inverse_transform(indices), probabilities,
+                          self.classes)
+
+    def _frame(self, rows: Any) -> pd.DataFrame:
+        if isinstance(rows, pd.DataFrame):
+            return rows
+        if isinstance(rows, np.ndarray):
+            names = [c["name"] for c in self.fitted.inputs.columns]
+            if rows.ndim != 2 or rows.shape[1] != len(names):
+                raise DataError(f"predict: expected a 2-D array with {len(names)} columns "
+                                f"({', '.join(names)}); got shape {rows.shape}")
+            return pd.DataFrame(rows, columns=names)
+        if isinstance(rows, Sequence) and all(isinstance(r, Mapping) for r in rows):
+            return pd.DataFrame(list(rows))
+        raise DataError(f"predict: expected a DataFrame, a 2-D array or a list of dicts; got "
+                        f"{type(rows).__name__}")
+
+
+def load(run_dir: str | os.PathLike[str] | RunDir) -> Predictor:
+    """Load a trained run for prediction."""
+    rundir = run_dir if isinstance(run_dir, RunDir) else RunDir.open(run_dir)
+    fitted = load_features(rundir)
+    model = load_network(rundir)
+    threshold = 0.5
+    if rundir.has(runs.METRICS):
+        threshold = rundir.read_json(runs.METRICS).get("test", {}).get("threshold", 0.5)
+    target = rundir.read_json(runs.SCHEMA)["target"]
+    return Predictor(fitted, model, threshold=threshold, target=target)
+
+
+def read_rows(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read CSV, Parquet or JSON Lines rows to predict on."""
+    from dlpipe.config import SourceConfig
+    from dlpipe.data import load_table
+
+    return load_table(SourceConfig(path=str(path)))
+
+
+def write_predictions(prediction: Prediction, path: str | os.PathLike[str]) -> Path:
+    """Write predictions as CSV, Parquet or JSON Lines (by extension), atomically."""
+    import io
+
+    from dlpipe.runs import atomic_write
+
+    out = Path(path)
+    frame = prediction.to_frame()
+    buffer = io.BytesIO()
+    suffix = out.suffix.lower()
+    if suffix == ".parquet":
+        frame.to_parquet(buffer, index=False)
+    elif suffix in (".jsonl", ".ndjson"):
+        buffer.write(frame.to_json(orient="records", lines=True).encode())
+    else:
+        buffer.write(frame.to_csv(index=False).encode())
+    atomic_write(out, buffer.getvalue())
+    return out

@@ -1,0 +1,317 @@
+"""The train stage: assemble model, loss, optimizer and callbacks from the config, call `fit`,
+and write the deliverable weights, the model spec, the history and resumable checkpoints."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dlpipe import runs
+from dlpipe.config import PipelineConfig, TrainConfig
+from dlpipe.errors import ConfigError, RunDirError
+from dlpipe.features import FittedFeatures
+from dlpipe.features import load as load_features
+from dlpipe.metrics import compute_epoch_metrics, epoch_metrics
+from dlpipe.models import build
+from dlpipe.models.heads import output_size, to_scores
+from dlpipe.models.spec import spec_of
+from dlpipe.runs import RunDir
+from dlpipe.train._checkpoint import pack, unpack
+from dlpipe.train.callbacks import (
+    BestWeights,
+    Callback,
+    Checkpoint,
+    EarlyStopping,
+    ExponentialMovingAverage,
+    History,
+    LRSchedule,
+    ProgressBar,
+)
+from dlpipe.train.loop import TensorBatches, fit, predict_outputs, validate
+from dlpipe.train.losses import LOSS_TASKS, LOSSES, default_loss
+from dlpipe.train.optimizers import OPTIMIZERS, decay_split, parameter_groups
+from dlpipe.train.schedulers import SCHEDULERS, with_warmup
+from dlpipe.train.state import TrainState
+
+__all__ = [
+    "LOSSES", "OPTIMIZERS", "SCHEDULERS", "Callback", "TensorBatches", "TrainState", "Trained",
+    "fit", "fit_arrays", "predict_outputs", "run", "validate",
+]
+
+
+@dataclass
+class Trained:
+    """A trained network holding its deliverable weights, and how training went."""
+
+    model: nn.Module
+    state: TrainState
+    spec: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def run(cfg: PipelineConfig, rundir: RunDir, *, resume: bool = False,
+        callbacks: Sequence[Callback] = ()) -> Trained:
+    """Train on the run's train split, validate on its val split, write the results.
+
+    With `resume`, continue from the last complete checkpoint in `rundir`.
+    """
+    fitted = load_features(rundir)
+    train_xy = fitted.arrays(rundir.read_split("train"))
+    val_xy = fitted.arrays(rundir.read_split("val"))
+    if resume and rundir.read_checkpoint() is None:
+        raise RunDirError(f"{rundir.path} has no complete checkpoint to resume from; "
+                          f"run `dlpipe train {rundir.path}` without --resume")
+    if not resume:
+        rundir.clear_checkpoints()
+    trained = fit_arrays(cfg, fitted, train_xy, val_xy, callbacks=callbacks, rundir=rundir,
+                         resume=resume)
+    rundir.write_json(runs.MODEL, trained.spec)
+    rundir.write_json(runs.TRAINING, trained.summary)
+    rundir.write_tensors(runs.WEIGHTS, trained.model.state_dict())
+    rundir.write_jsonl(runs.HISTORY, trained.state.history)
+    return trained
+
+
+def fit_arrays(
+    cfg: PipelineConfig,
+    fitted: FittedFeatures,
+    train_xy: tuple[np.ndarray, np.ndarray],
+    val_xy: tuple[np.ndarray, np.ndarray] | None,
+    *,
+    callbacks: Sequence[Callback] = (),
+    rundir: RunDir | None = None,
+    resume: bool = False,
+) -> Trained:
+    """Build everything `cfg.train` describes and train on prepared arrays.
+
+    This is the train stage without the run directory's inputs, for k-fold evaluation and
+    tuning. With `rundir`, history and checkpoints are written there as training goes.
+    """
+    tc = cfg.train
+    task = fitted.task
+    device = _device(tc.device)
+    _seed_everything(cfg.seed, tc)
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    x_train, y_train = _tensors(train_xy, task, device)
+    has_val = val_xy is not None and len(val_xy[0]) > 0
+    if not has_val and (tc.early_stopping is not None or tc.scheduler and
+                        tc.scheduler.name == "plateau"):
+        raise ConfigError([("data.split.val", "early stopping and the plateau scheduler "
+                                              "need a validation split; set data.split.val > 0")])
+    n_classes = len(fitted.target.classes_) if task != "regression" else 0
+    spec = spec_of(cfg.model.name, cfg.model.kwargs, init=cfg.model.init,
+                   in_features=fitted.inputs.n_numeric_, out_features=output_size(task, n_classes),
+                   cardinalities=fitted.inputs.cardinalities_, task=task)
+    model = build(cfg.model.name, spec["in_features"], spec["out_features"],
+                  cardinalities=spec["cardinalities"], init=cfg.model.init,
+                  kwargs=cfg.model.kwargs).to(device)
+
+    loss_fn = build_loss(tc, task, y_train, cfg.data.imbalance == "class_weight").to(device)
+    optimizer = build_optimizer(tc, model)
+    train = TensorBatches(x_train, y_train, tc.batch_size, shuffle=True, generator=generator)
+    val = TensorBatches(*_tensors(val_xy, task, device), 1024) if has_val else None
+
+    def metrics_of(outputs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        scores = to_scores(task, outputs).cpu().numpy()
+        truth = y.cpu().numpy()
+        if task == "regression":
+            scores = fitted.target.inverse_transform(scores)
+            truth = fitted.target.inverse_transform(truth)
+        return compute_epoch_metrics(task, truth, scores, names)
+
+    monitor = tc.early_stopping.monitor if tc.early_stopping else "val_loss"
+    mode = tc.early_stopping.mode if tc.early_stopping else "auto"
+    names = epoch_metrics(task)
+    if monitor.startswith("val_") and monitor != "val_loss" and monitor[4:] not in names:
+        names = [*names, monitor[4:]]
+
+    cbs: list[Callback] = []
+    ema = None
+    if tc.ema is not None and val is not None:
+        ema = ExponentialMovingAverage(
+            model, tc.ema.decay, lambda m: _unprefixed(validate(m, val, loss_fn, metrics_of)))
+        cbs.append(ema)
+    schedule = build_scheduler(tc, optimizer, len(train), monitor, mode)
+    if schedule is not None:
+        cbs.append(schedule)
+    cbs.append(History(rundir and (lambda rows: rundir.write_jsonl(runs.HISTORY, rows))))
+    best = BestWeights(model, monitor, mode=mode, ema=ema) if val is not None else None
+    if best is not None:
+        cbs.append(best)
+    if tc.early_stopping is not None:
+        es = tc.early_stopping
+        cbs.append(EarlyStopping(es.monitor, mode=es.mode, patience=es.patience,
+                                 min_delta=es.min_delta))
+    cbs.extend(callbacks)
+    state = TrainState()
+    if rundir is not None:
+        def save(s: TrainState) -> None:
+            payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                       "state": s.state_dict(), "rng": _rng_state(generator),
+                       "callbacks": [cb.state_dict() for cb in cbs]}
+            meta, tensors = pack(payload)
+            rundir.write_checkpoint(s.epoch, {"tensors": tensors}, meta)
+
+        cbs.append(Checkpoint(save, every=tc.checkpoint_every))
+        if resume:
+            _restore(rundir, model, optimizer, state, generator, cbs)
+    show = {"auto": None, "always": True, "never": False}[tc.progress]
+    bar = ProgressBar(tc.epochs, len(train), enabled=show)
+    if bar.enabled:
+        cbs.append(bar)
+
+    penalty = _penalty(model, tc.l1, tc.l2)
+    fit(model, train, val, optimizer=optimizer, loss_fn=loss_fn, epochs=tc.epochs, callbacks=cbs,
+        state=state, val_metrics=metrics_of, penalty=penalty, grad_clip=tc.grad_clip,
+        accumulation=tc.grad_accumulation)
+
+    summary: dict[str, Any] = {"epochs_run": state.epoch, "steps": state.step,
+                               "stop_reason": state.stop_reason, "monitor": monitor,
+                               "kept": "last"}
+    if tc.keep == "best" and best is not None and best.weights is not None:
+        model.load_state_dict(best.weights)
+        summary.update(kept="best", best_epoch=best.epoch, best_value=best.best,
+                       best_source=best.source)
+    return Trained(model.eval(), state, spec, summary)
+
+
+def build_loss(tc: TrainConfig, task: str, y_train: torch.Tensor,
+               class_weight: bool) -> nn.Module:
+    """The configured loss (or the task's default), with class weights when asked."""
+    component = tc.loss
+    name = component.name if component is not None else default_loss(task)
+    kwargs = dict(component.kwargs) if component is not None else {}
+    builder = LOSSES.get(name, path="train.loss.name")
+    tasks = LOSS_TASKS.get(name)
+    if tasks is not None and task not in tasks:
+        fits = sorted(n for n, t in LOSS_TASKS.items() if task in t)
+        raise ConfigError([("train.loss.name", f"loss {name!r} does not fit a {task} task; "
+                                               f"use one of: {', '.join(fits)}")])
+    if class_weight and task != "regression":
+        params = inspect.signature(builder).parameters
+        counts = torch.bincount(y_train.long().cpu(), minlength=2 if task == "binary" else 0)
+        if task == "binary" and "pos_weight" in params:
+            kwargs.setdefault("pos_weight", float(counts[0]) / max(float(counts[1]), 1.0))
+        elif "weight" in params:  # 'balanced': n / (K * n_c)
+            kwargs.setdefault("weight", len(y_train) / (len(counts) * counts.clamp(min=1).float()))
+    return builder(**kwargs)
+
+
+def build_optimizer(tc: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    builder = OPTIMIZERS.get(tc.optimizer.name, path="train.optimizer.name")
+    kwargs = dict(tc.optimizer.kwargs)
+    signature = inspect.signature(builder).parameters
+    decay = kwargs.pop("weight_decay", None)
+    if decay is None and "weight_decay" in signature:
+        decay = signature["weight_decay"].default
+    if decay is None or decay is inspect.Parameter.empty:
+        return builder(model.parameters(), **kwargs)
+    return builder(parameter_groups(model, decay), **kwargs)
+
+
+def build_scheduler(tc: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                    monitor: str, mode: str) -> LRSchedule | None:
+    if tc.scheduler is None and tc.warmup_epochs == 0:
+        return None
+    scheduled = None
+    kwargs = dict(tc.scheduler.kwargs) if tc.scheduler is not None else {}
+    if tc.scheduler is not None:
+        builder = SCHEDULERS.get(tc.scheduler.name, path="train.scheduler.name")
+        if tc.scheduler.name == "plateau":
+            from dlpipe.train.callbacks import resolve_mode
+
+            kwargs.setdefault("mode", resolve_mode(monitor, mode))
+        scheduled = builder(optimizer, epochs=tc.epochs, steps_per_epoch=steps_per_epoch,
+                            **kwargs)
+    if tc.warmup_epochs:
+        if scheduled is not None and scheduled[1] == "plateau":
+            raise ConfigError([("train.warmup_epochs", "warmup cannot be combined with the "
+                                                       "plateau scheduler; use 0")])
+        scheduled = with_warmup(optimizer, scheduled, tc.warmup_epochs, steps_per_epoch)
+    scheduler, interval = scheduled
+    if interval == "plateau":
+        return LRSchedule(scheduler, interval="epoch", monitor=monitor)
+    return LRSchedule(scheduler, interval=interval)
+
+
+def _tensors(xy: tuple[np.ndarray, np.ndarray], task: str,
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = xy
+    target_dtype = torch.long if task == "multiclass" else torch.float32
+    return (torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=device),
+            torch.as_tensor(np.ascontiguousarray(y), dtype=target_dtype, device=device))
+
+
+def _penalty(model: nn.Module, l1: float, l2: float) -> Callable[[], torch.Tensor] | None:
+    if not l1 and not l2:
+        return None
+    weights, _ = decay_split(model)
+
+    def penalty() -> torch.Tensor:
+        total = torch.zeros((), device=weights[0].device)
+        for w in weights:
+            if l1:
+                total = total + l1 * w.abs().sum()
+            if l2:
+                total = total + l2 * w.pow(2).sum()
+        return total
+
+    return penalty
+
+
+def _unprefixed(metrics: dict[str, float]) -> dict[str, float]:
+    return {k.removeprefix("ema_"): v for k, v in metrics.items()}
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError([("train.device", f"unknown device {name!r}; use auto, cpu, cuda, "
+                                            f"cuda:N or mps")]) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError([("train.device", "CUDA is not available on this machine; use cpu "
+                                            "or auto")])
+    return device
+
+
+def _seed_everything(seed: int, tc: TrainConfig) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    if tc.threads is not None:
+        torch.set_num_threads(tc.threads)
+    torch.use_deterministic_algorithms(tc.deterministic)
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    return {"torch": torch.get_rng_state(), "shuffle": generator.get_state()}
+
+
+def _restore(rundir: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
+             state: TrainState, generator: torch.Generator, cbs: list[Callback]) -> None:
+    found = rundir.read_checkpoint()
+    if found is None:
+        return
+    tensors, meta = found
+    payload = unpack(meta, tensors["tensors"])
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    state.load_state_dict(payload["state"])
+    torch.set_rng_state(payload["rng"]["torch"])
+    generator.set_state(payload["rng"]["shuffle"])
+    saved = payload["callbacks"]
+    for cb, cb_state in zip(cbs, saved, strict=False):
+        cb.load_state_dict(cb_state)

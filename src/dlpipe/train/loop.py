@@ -1,0 +1,179 @@
+"""The one training loop, `fit`, and `validate`. Everything else hooks in through callbacks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from dlpipe.errors import TrainingError
+from dlpipe.train.callbacks import Callback, call, overriding
+from dlpipe.train.state import TrainState
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class TensorBatches:
+    """Mini-batches sliced from pre-built tensors by a (shuffled) index; no per-sample Python.
+
+    Args:
+        x: (N, ...) inputs, already on the training device.
+        y: (N, ...) targets, same device.
+        batch_size: rows per batch; the last batch may be smaller.
+        shuffle: draw a new permutation from `generator` every epoch. A shuffled epoch
+            skips a trailing batch of a single row (batch norm cannot train on one row);
+            the skipped row changes from epoch to epoch.
+        generator: CPU generator whose state is part of the checkpoint, for exact resume.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *,
+                 shuffle: bool = False, generator: torch.Generator | None = None) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return -(-self._stop() // self.batch_size)
+
+    def _stop(self) -> int:
+        n = len(self.x)
+        return n - 1 if self.shuffle and n > 1 and n % self.batch_size == 1 else n
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.x)
+        if not self.shuffle:
+            for start in range(0, n, self.batch_size):
+                yield self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+            return
+        order = torch.randperm(n, generator=self.generator).to(self.x.device)
+        for start in range(0, self._stop(), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+def fit(
+    model: nn.Module,
+    train: TensorBatches,
+    val: TensorBatches | None,
+    *,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    epochs: int,
+    callbacks: Sequence[Callback] = (),
+    state: TrainState | None = None,
+    val_metrics: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None,
+    grad_clip: float | None = None,
+    accumulation: int = 1,
+) -> TrainState:
+    """Train `model` for up to `epochs` epochs; return the final state.
+
+    The loop, and where each hook fires::
+
+        on_fit_start
+        while epoch < epochs and not should_stop:
+            on_epoch_start
+            for x, y in train:                  # shuffled slices of pre-built tensors
+                forward · loss (+ penalty) · backward
+                every `accumulation` batches: clip · step · zero_grad
+                    on_batch_end                # EMA update, per-step LR schedules
+            metrics = validate(model, val)      # val_loss and `val_metrics`
+            epoch += 1
+            on_epoch_end(metrics)               # EMA adds ema_*, history, early stopping,
+                                                # best weights, LR schedules, checkpoint
+        on_fit_end
+
+    Args:
+        val_metrics: maps (outputs, targets) of the whole validation split to metrics
+            (without the ``val_`` prefix, which `validate` adds).
+        penalty: extra loss term (L1/L2 on weights), called once per batch.
+        accumulation: batches whose gradients are summed before each optimizer step.
+
+    Raises:
+        TrainingError: the loss became NaN or infinite, naming the step and the first
+            module whose output was not finite.
+    """
+    state = state or TrainState()
+    on_batch_end = overriding(callbacks, "on_batch_end")  # unused hooks cost nothing
+    call(callbacks, "on_fit_start", state)
+    while state.epoch < epochs and not state.should_stop:
+        call(callbacks, "on_epoch_start", state)
+        model.train()
+        loss_sum = torch.zeros((), device=train.x.device)
+        n_batches = len(train)
+        for i, (x, y) in enumerate(train):
+            loss = loss_fn(model(x), y)
+            if penalty is not None:
+                loss = loss + penalty()
+            if not torch.isfinite(loss):
+                raise _non_finite(model, x, state, loss)
+            (loss / accumulation if accumulation > 1 else loss).backward()
+            loss_sum += loss.detach()                    # no .item(): no sync per batch
+            if (i + 1) % accumulation == 0 or i + 1 == n_batches:
+                if grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                for hook in on_batch_end:
+                    hook(state)
+        state.train_loss = float(loss_sum) / n_batches
+        metrics = validate(model, val, loss_fn, val_metrics) if val is not None else {}
+        state.epoch += 1
+        call(callbacks, "on_epoch_end", state, metrics)
+    call(callbacks, "on_fit_end", state)
+    return state
+
+
+@torch.inference_mode()
+def predict_outputs(model: nn.Module, batches: TensorBatches) -> torch.Tensor:
+    """Raw outputs of `model` on every batch, concatenated: (N, out)."""
+    model.eval()
+    return torch.cat([model(x) for x, _ in batches])
+
+
+@torch.inference_mode()
+def validate(
+    model: nn.Module,
+    val: TensorBatches,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    val_metrics: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] | None = None,
+) -> dict[str, float]:
+    """Mean loss and metrics of `model` on the validation split, keys prefixed ``val_``."""
+    outputs = predict_outputs(model, val)
+    metrics = {"val_loss": float(loss_fn(outputs, val.y))}
+    if val_metrics is not None:
+        metrics.update({f"val_{k}": v for k, v in val_metrics(outputs, val.y).items()})
+    return metrics
+
+
+def _non_finite(model: nn.Module, x: torch.Tensor, state: TrainState,
+                loss: torch.Tensor) -> TrainingError:
+    """Replay the batch with hooks to name the first module whose output is not finite."""
+    culprit: list[str] = []
+
+    def check(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: object, output: object) -> None:
+            if not culprit and isinstance(output, torch.Tensor) and not torch.isfinite(
+                    output).all():
+                culprit.append(f"{name or 'model'} ({type(module).__name__})")
+        return hook
+
+    handles = [m.register_forward_hook(check(n)) for n, m in model.named_modules()]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    where = (f"the first non-finite output came from module {culprit[0]}" if culprit
+             else "every module's output was finite, so the loss itself overflowed")
+    return TrainingError(
+        f"training: the loss became {float(loss.detach())} at step {state.step + 1} (epoch "
+        f"{state.epoch + 1}); {where}. Lower train.optimizer.lr, set train.grad_clip, or "
+        f"check the inputs for extreme values"
+    )

@@ -1,0 +1,124 @@
+"""Bad input: a DlpipeError naming the field, column or row, and nothing left behind."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import dlpipe
+from dlpipe.errors import ConfigError, DataError, RunDirError
+from helpers import minimal_config
+
+
+def _csv(tmp_path, frame, name="data.csv"):
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _file_config(path, **data):
+    return minimal_config(data={"source": {"path": str(path)}, "target": "label", **data})
+
+
+def _frame(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"age": rng.normal(40, 10, n).round(1), "income": rng.normal(5, 1, n),
+                         "label": rng.integers(0, 2, n)})
+
+
+def _assert_nothing_written(run_dir):
+    assert not run_dir.exists() or not any(run_dir.iterdir())
+
+
+def test_wrong_types_name_their_paths():
+    with pytest.raises(ConfigError, match=r"train\.epochs: Input should be a valid integer"):
+        dlpipe.run(minimal_config(train={"epochs": "many"}))
+
+
+def test_a_missing_data_file_names_the_path(tmp_path):
+    with pytest.raises(DataError, match=r"data\.source\.path: .*nope\.csv"):
+        dlpipe.run(_file_config(tmp_path / "nope.csv"), run_dir=tmp_path / "run")
+    _assert_nothing_written(tmp_path / "run")
+
+
+def test_an_empty_file_is_refused(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    with pytest.raises(DataError, match=r"empty"):
+        dlpipe.run(_file_config(path), run_dir=tmp_path / "run")
+    _assert_nothing_written(tmp_path / "run")
+
+
+def test_an_unknown_target_suggests_the_closest_column(tmp_path):
+    path = _csv(tmp_path, _frame())
+    with pytest.raises(DataError, match=r"data\.target: column 'labels' .*Did you mean 'label'\?"):
+        dlpipe.run(minimal_config(data={"source": {"path": str(path)}, "target": "labels"}),
+                   run_dir=tmp_path / "run")
+    _assert_nothing_written(tmp_path / "run")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_target_names_the_rows(tmp_path, bad):
+    frame = _frame().astype({"label": float})
+    frame.loc[[7, 21], "label"] = bad
+    path = _csv(tmp_path, frame)
+    with pytest.raises(DataError, match=r"rows 7, 21.*drop_missing_target"):
+        dlpipe.run(_file_config(path), run_dir=tmp_path / "run")
+    _assert_nothing_written(tmp_path / "run")
+
+
+def test_a_string_in_a_numeric_column_names_column_row_and_value(tmp_path):
+    frame = _frame().astype({"age": object})
+    frame.loc[12, "age"] = "abc"
+    path = _csv(tmp_path, frame)
+    with pytest.raises(DataError, match=r"column 'age' is numeric .*but row 12 holds 'abc'"):
+        dlpipe.run(_file_config(path, columns={"age": "numeric"}), run_dir=tmp_path / "run")
+    _assert_nothing_written(tmp_path / "run")
+
+
+def test_a_single_class_in_the_training_split_is_refused(tmp_path):
+    frame = _frame()
+    frame["label"] = 1
+    frame.loc[0, "label"] = 0  # one row of the other class: cannot reach the training split
+    path = _csv(tmp_path, frame)
+    with pytest.raises(DataError, match=r"class"):
+        dlpipe.run(_file_config(path, task="binary"), run_dir=tmp_path / "run")
+    _assert_nothing_written(tmp_path / "run")
+
+
+def test_a_dataset_too_small_for_the_split_ratios_says_how_many_rows(tmp_path):
+    frame = _frame(n=4)
+    frame["label"] = [0, 1, 0, 1]
+    path = _csv(tmp_path, frame)
+    with pytest.raises(DataError, match=r"4 rows"):
+        dlpipe.run(_file_config(path, split={"val": 0.1, "test": 0.1}), run_dir=tmp_path / "run")
+    _assert_nothing_written(tmp_path / "run")
+
+
+def test_a_run_directory_that_is_not_one(tmp_path):
+    with pytest.raises(RunDirError, match=r"is not a dlpipe run"):
+        dlpipe.load(tmp_path)
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path):
+    dlpipe.run(minimal_config(), run_dir=tmp_path / "run")
+    with pytest.raises(RunDirError, match=r"already holds a run"):
+        dlpipe.run(minimal_config(), run_dir=tmp_path / "run")
+
+
+def test_predict_lists_the_expected_schema_for_a_missing_column(tmp_path):
+    path = _csv(tmp_path, _frame(200))
+    result = dlpipe.run(_file_config(path), run_dir=tmp_path / "run")
+    predictor = dlpipe.load(result.path)
+    with pytest.raises(DataError, match=r"income"):
+        predictor.predict(pd.DataFrame({"age": [30.0]}))
+    with pytest.raises(DataError, match=r"colour"):
+        predictor.predict(pd.DataFrame({"age": [30.0], "income": [4.0], "colour": ["red"]}))
+    with pytest.raises(DataError, match=r"age.*row 1.*'old'"):
+        predictor.predict([{"age": 30.0, "income": 4.0}, {"age": "old", "income": 4.0}])
+
+
+def test_an_unknown_component_is_caught_before_any_work(tmp_path):
+    with pytest.raises(ConfigError,
+                       match=r"model\.name: unknown model 'mpl'\. Did you mean 'mlp'\?"):
+        dlpipe.run(minimal_config(model={"name": "mpl"}), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,58 @@
+"""The command line: exit codes, errors without tracebacks, --debug, validate, schema."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _dlpipe(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "dlpipe", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_a_config_error_prints_one_line_without_a_traceback_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {source: {builtin: wine}}\nmodle: {name: mlp}\n")
+    done = _dlpipe("validate", bad)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("error: modle: unknown key 'modle'. Did you mean 'model'? "
+                                   "Known: data, evaluate, features, model, name, seed, train")
+    assert "Traceback" not in done.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {source: {builtin: wine}}\nmodle: {name: mlp}\n")
+    done = _dlpipe("--debug", "validate", bad)
+    assert done.returncode != 0 and "Traceback" in done.stderr and "ConfigError" in done.stderr
+
+
+def test_validate_accepts_the_quickstart_and_reports_builder_argument_problems(tmp_path):
+    assert _dlpipe("validate", EXAMPLES / "quickstart.yaml").returncode == 0
+    done = _dlpipe("validate", EXAMPLES / "quickstart.yaml", "--set", "model.hiden=[3]",
+                   "--set", "train.optimizer.lr=-0.001")
+    assert done.returncode == 2
+    assert "model.hiden: unknown argument 'hiden'. Did you mean 'hidden'?" in done.stderr
+    assert "train.optimizer.lr:" in done.stderr and "greater than 0" in done.stderr
+
+
+def test_schema_prints_json_schema_with_descriptions():
+    done = _dlpipe("schema")
+    assert done.returncode == 0
+    schema = json.loads(done.stdout)
+    assert schema["$defs"]["TrainConfig"]["properties"]["epochs"]["description"] == (
+        "Passes over the training split.")
+
+
+def test_a_stage_on_a_folder_that_is_not_a_run_says_so(tmp_path):
+    done = _dlpipe("evaluate", tmp_path)
+    assert done.returncode == 2
+    assert f"error: run directory: {tmp_path} is not a dlpipe run (no config.yaml)" in done.stderr
+
+
+def test_a_missing_config_file_is_a_clear_error(tmp_path):
+    done = _dlpipe("run", tmp_path / "nope.yaml")
+    assert done.returncode == 2 and "does not exist" in done.stderr
