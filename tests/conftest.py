@@ -9,5 +9,6 @@ def _torch_defaults():
     """Tests must not leak global torch settings into each other."""
     threads = torch.get_num_threads()
     yield
-    torch.use_deterministic_algorithms(False)
+    if torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(False)
     torch.set_num_threads(threads)

@@ -293,7 +293,9 @@ def _seed_everything(seed: int, tc: TrainConfig) -> None:
     np.random.seed(seed % 2**32)
     if tc.threads is not None:
         torch.set_num_threads(tc.threads)
-    torch.use_deterministic_algorithms(tc.deterministic)
+    if torch.are_deterministic_algorithms_enabled() != tc.deterministic:
+        # Only when it changes: the call imports torch's compiler stack (~1.5 s).
+        torch.use_deterministic_algorithms(tc.deterministic)
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
