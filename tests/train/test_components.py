@@ -126,3 +126,13 @@ def test_l1_and_l2_penalties_shrink_the_weights(tmp_path):
 def test_optimizer_builders_take_params_first():
     for name in OPTIMIZERS.names():
         assert next(iter(inspect.signature(OPTIMIZERS.get(name)).parameters)) == "params"
+
+
+def test_weight_decay_skips_biases_and_norms_and_zero_decay_keeps_one_group():
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 1))
+    decayed, plain = parameter_groups(model, 0.1)
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert {id(p) for p in decayed["params"]} == {id(model[0].weight), id(model[2].weight)}
+    assert len(plain["params"]) == 4  # two biases, the norm's weight and bias
+    (single,) = parameter_groups(model, 0.0)
+    assert len(single["params"]) == 6

@@ -161,3 +161,16 @@ def test_best_weights_prefer_the_averaged_model_when_it_validates_better():
     assert best.source == "raw" and best.best == 0.5
     best.on_epoch_end(TrainState(epoch=2), {"val_loss": 0.6, "ema_val_loss": 0.4})
     assert best.epoch == 2 and best.best == 0.4
+
+
+def test_the_progress_bar_shows_each_epoch_with_its_loss(capsys):
+    from dlpipe.train.callbacks import ProgressBar
+
+    x, y = _data(64)
+    model = _model()
+    bar = ProgressBar(2, 2, enabled=True)
+    fit(model, TensorBatches(x, y, 32), TensorBatches(x, y, 64), epochs=2,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1), loss_fn=nn.CrossEntropyLoss(),
+        callbacks=[bar])
+    err = capsys.readouterr().err
+    assert "epoch 1: loss=" in err and "epoch 2: loss=" in err and "val_loss=" in err

@@ -168,9 +168,12 @@ def fit_arrays(
         cbs.append(bar)
 
     penalty = _penalty(model, tc.l1, tc.l2)
-    fit(model, train, val, optimizer=optimizer, loss_fn=loss_fn, epochs=tc.epochs, callbacks=cbs,
-        state=state, val_metrics=metrics_of, penalty=penalty, grad_clip=tc.grad_clip,
-        accumulation=tc.grad_accumulation)
+    try:
+        fit(model, train, val, optimizer=optimizer, loss_fn=loss_fn, epochs=tc.epochs,
+            callbacks=cbs, state=state, val_metrics=metrics_of, penalty=penalty,
+            grad_clip=tc.grad_clip, accumulation=tc.grad_accumulation)
+    finally:
+        bar.close()  # leave the terminal usable when training fails
 
     summary: dict[str, Any] = {"epochs_run": state.epoch, "steps": state.step,
                                "stop_reason": state.stop_reason, "monitor": monitor,

@@ -294,7 +294,7 @@ class ProgressBar(Callback):
         if self._progress is not None:
             self._in_epoch = 0
             self._progress.reset(self._task, total=self.batches,
-                                 epoch=f"{state.epoch + 1}/{self.epochs}")
+                                 epoch=f"{state.epoch + 1}/{self.epochs}", info="")
 
     def on_batch_end(self, state: TrainState) -> None:
         if self._progress is None:
@@ -312,6 +312,10 @@ class ProgressBar(Callback):
         self._progress.console.print(f"epoch {state.epoch}: {info}", highlight=False)
 
     def on_fit_end(self, state: TrainState) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the live display; safe to call twice, and after a failed fit."""
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
