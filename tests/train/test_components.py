@@ -136,3 +136,64 @@ def test_weight_decay_skips_biases_and_norms_and_zero_decay_keeps_one_group():
     assert len(plain["params"]) == 4  # two biases, the norm's weight and bias
     (single,) = parameter_groups(model, 0.0)
     assert len(single["params"]) == 6
+
+
+def test_gradient_clipping_bounds_the_update():
+    from dlpipe.train import TensorBatches, fit
+
+    x, y = torch.randn(64, 4) * 100, torch.randn(64) * 100
+    moved = {}
+    for clip in (None, 1e-3):
+        torch.manual_seed(0)
+        model = nn.Linear(4, 1)
+        before = [p.detach().clone() for p in model.parameters()]
+        fit(model, TensorBatches(x, y, 64), None, epochs=1, grad_clip=clip,
+            optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+            loss_fn=lambda out, t: nn.functional.mse_loss(out.reshape(-1), t))
+        moved[clip] = torch.cat([(p.detach() - b).reshape(-1) for p, b in
+                                 zip(model.parameters(), before, strict=True)]).norm()
+    # SGD with lr 1 moves the weights by exactly the (clipped) gradient norm.
+    assert float(moved[1e-3]) == pytest.approx(1e-3, rel=1e-4)
+    assert float(moved[None]) > 1.0
+
+
+def test_weight_averaging_is_validated_and_can_win_the_best_epoch(tmp_path):
+    cfg = minimal_config()
+    cfg["train"].update(epochs=6, ema={"decay": 0.9}, early_stopping={"patience": 10})
+    result = dlpipe.run(cfg, run_dir=tmp_path / "run")
+    assert all("ema_val_loss" in row for row in result.history)
+    summary = dlpipe.runs.RunDir.open(result.path).read_json(dlpipe.runs.TRAINING)
+    best = min(min(r["val_loss"], r["ema_val_loss"]) for r in result.history)
+    assert summary["best_value"] == pytest.approx(best)
+    assert summary["best_source"] in ("raw", "ema")
+
+
+def user_model(in_features, out_features, *, width: int = 8):
+    """A user-supplied builder, referred to as `test_components:user_model`."""
+    return nn.Sequential(nn.Linear(in_features, width), nn.Tanh(), nn.Linear(width, out_features))
+
+
+def user_loss(*, scale: float = 1.0):
+    return lambda outputs, targets: scale * nn.functional.binary_cross_entropy_with_logits(
+        outputs.reshape(-1), targets)
+
+
+def test_user_model_and_loss_by_module_path_train_in_a_pipeline(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "test_components", sys.modules[__name__])
+    cfg = minimal_config(model={"name": "test_components:user_model", "width": 4})
+    cfg["train"]["loss"] = {"name": "test_components:user_loss", "scale": 2.0}
+    result = dlpipe.run(cfg, run_dir=tmp_path / "run")
+    weights = result.rundir.read_tensors(dlpipe.runs.WEIGHTS)
+    assert weights["0.weight"].shape == (4, 8)
+    assert dlpipe.load(result.path).predict(result.rundir.read_split("test")).labels.shape == (80,)
+
+
+def test_the_deterministic_switch_reproduces_a_run(tmp_path):
+    cfg = minimal_config()
+    cfg["train"]["deterministic"] = True
+    a = dlpipe.run(cfg, run_dir=tmp_path / "a")
+    b = dlpipe.run(cfg, run_dir=tmp_path / "b")
+    assert (a.path / "weights.safetensors").read_bytes() == (
+        b.path / "weights.safetensors").read_bytes()

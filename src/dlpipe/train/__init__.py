@@ -113,7 +113,9 @@ def fit_arrays(
                   cardinalities=spec["cardinalities"], init=cfg.model.init,
                   kwargs=cfg.model.kwargs).to(device)
 
-    loss_fn = build_loss(tc, task, y_train, cfg.data.imbalance == "class_weight").to(device)
+    loss_fn = build_loss(tc, task, y_train, cfg.data.imbalance == "class_weight")
+    if isinstance(loss_fn, nn.Module):
+        loss_fn = loss_fn.to(device)
     optimizer = build_optimizer(tc, model)
     train = TensorBatches(x_train, y_train, tc.batch_size, shuffle=True, generator=generator)
     val = TensorBatches(*_tensors(val_xy, task, device), 1024) if has_val else None
@@ -186,7 +188,7 @@ def fit_arrays(
 
 
 def build_loss(tc: TrainConfig, task: str, y_train: torch.Tensor,
-               class_weight: bool) -> nn.Module:
+               class_weight: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The configured loss (or the task's default), with class weights when asked."""
     component = tc.loss
     name = component.name if component is not None else default_loss(task)
@@ -204,7 +206,11 @@ def build_loss(tc: TrainConfig, task: str, y_train: torch.Tensor,
             kwargs.setdefault("pos_weight", float(counts[0]) / max(float(counts[1]), 1.0))
         elif "weight" in params:  # 'balanced': n / (K * n_c)
             kwargs.setdefault("weight", len(y_train) / (len(counts) * counts.clamp(min=1).float()))
-    return builder(**kwargs)
+    loss = builder(**kwargs)
+    if not callable(loss):
+        raise ConfigError([("train.loss.name", f"{name!r} returned {type(loss).__name__}, not a "
+                                               f"callable (outputs, targets) -> loss")])
+    return loss
 
 
 def build_optimizer(tc: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
