@@ -4,6 +4,7 @@ nothing else orchestrates. `check` validates every component before any work sta
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import platform
@@ -21,7 +22,17 @@ from dlpipe.config import PipelineConfig, load_config, to_dict
 from dlpipe.errors import ConfigError, DlpipeError
 from dlpipe.runs import RunDir
 
-STAGES = ("data", "features", "train", "evaluate")
+#: Every stage in pipeline order: name → "module:function" of its `run(cfg, rundir, **options)`.
+#: Imported only when the stage runs, so `import dlpipe` stays light.
+STAGE_RUNNERS: dict[str, str] = {
+    "data": "dlpipe.pipeline:_run_data",
+    "features": "dlpipe.features:run",
+    "train": "dlpipe.train:run",
+    "evaluate": "dlpipe.evaluate:run",
+}
+#: Stages that run only when the config has their section (e.g. `tune:`); the others always do.
+OPTIONAL_STAGES: set[str] = set()
+STAGES = tuple(STAGE_RUNNERS)
 
 ConfigSource = str | os.PathLike[str] | dict[str, Any] | PipelineConfig
 
@@ -129,36 +140,34 @@ def run(
         shutil.rmtree(rundir.path, ignore_errors=True)  # nothing was made: leave nothing behind
         raise
     for stage in stages:
-        if stage != "data":
+        if stage != "data" and enabled(stage, cfg):
             run_stage(stage, cfg, rundir)
     metrics = rundir.read_json(runs.METRICS) if rundir.has(runs.METRICS) else {}
     history = rundir.read_jsonl(runs.HISTORY) if rundir.has(runs.HISTORY) else []
     return Result(rundir, metrics, history)
 
 
+def enabled(stage: str, cfg: PipelineConfig) -> bool:
+    """Whether `dlpipe run` runs `stage` for this config."""
+    return stage not in OPTIONAL_STAGES or getattr(cfg, stage, None) is not None
+
+
 def run_stage(stage: str, cfg: PipelineConfig, rundir: RunDir, **options: Any) -> Any:
     """Run one stage on `rundir`, timing it in run.json."""
-    if stage not in STAGES:
+    if stage not in STAGE_RUNNERS:
         raise ConfigError([("stage", f"unknown stage {stage!r}; known: {', '.join(STAGES)}")])
+    module_name, _, function = STAGE_RUNNERS[stage].partition(":")
+    runner = getattr(importlib.import_module(module_name), function)
     with rundir.stage_timer(stage):
-        if stage == "data":
-            from dlpipe import data
+        return runner(cfg, rundir, **options)
 
-            frame = _frame(options.get("data"), cfg.data.target)
-            result = data.run(cfg, rundir, frame=frame)
-            write_fingerprint(cfg, rundir, result.data_hash)
-            return result
-        if stage == "features":
-            from dlpipe import features
 
-            return features.run(cfg, rundir)
-        if stage == "train":
-            from dlpipe import train
+def _run_data(cfg: PipelineConfig, rundir: RunDir, data: Any = None) -> Any:
+    from dlpipe import data as data_stage
 
-            return train.run(cfg, rundir, resume=options.get("resume", False))
-        from dlpipe import evaluate
-
-        return evaluate.run(cfg, rundir)
+    result = data_stage.run(cfg, rundir, frame=_frame(data, cfg.data.target))
+    write_fingerprint(cfg, rundir, result.data_hash)
+    return result
 
 
 def load_run_config(rundir: RunDir, overrides: Iterable[str] = ()) -> PipelineConfig:

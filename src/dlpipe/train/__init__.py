@@ -87,11 +87,17 @@ def fit_arrays(
     callbacks: Sequence[Callback] = (),
     rundir: RunDir | None = None,
     resume: bool = False,
+    metrics: Sequence[str] = (),
 ) -> Trained:
     """Build everything `cfg.train` describes and train on prepared arrays.
 
     This is the train stage without the run directory's inputs, for k-fold evaluation and
     tuning. With `rundir`, history and checkpoints are written there as training goes.
+
+    Args:
+        callbacks: extra callbacks, called after dlpipe's own (a tuning pruner, a logger).
+        metrics: metric names (from `dlpipe.metrics.METRICS`) to compute on the validation
+            split every epoch, logged as ``val_<name>``, on top of the task's standard few.
     """
     tc = cfg.train
     task = fitted.task
@@ -131,8 +137,8 @@ def fit_arrays(
     monitor = tc.early_stopping.monitor if tc.early_stopping else "val_loss"
     mode = tc.early_stopping.mode if tc.early_stopping else "auto"
     names = epoch_metrics(task)
-    if monitor.startswith("val_") and monitor != "val_loss" and monitor[4:] not in names:
-        names = [*names, monitor[4:]]
+    wanted = [*metrics, monitor[4:] if monitor.startswith("val_") else monitor]
+    names += [n for n in dict.fromkeys(wanted) if n != "loss" and n not in names]
 
     cbs: list[Callback] = []
     ema = None
