@@ -345,6 +345,10 @@ class TrainConfig(Section):
     device: str = "cpu"
     """`cpu`, `cuda`, `cuda:N`, `mps` or `auto`."""
 
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Mixed precision: forward passes under bf16 / fp16 autocast (fp16 with a gradient
+    scaler); weights and optimizer state stay fp32."""
+
     threads: int | None = Field(default=None, ge=1)
     """CPU threads for PyTorch; default PyTorch's choice."""
 

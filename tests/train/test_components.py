@@ -197,3 +197,26 @@ def test_the_deterministic_switch_reproduces_a_run(tmp_path):
     b = dlpipe.run(cfg, run_dir=tmp_path / "b")
     assert (a.path / "weights.safetensors").read_bytes() == (
         b.path / "weights.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_cpu_and_keeps_fp32_weights(precision, tmp_path):
+    cfg = minimal_config()
+    cfg["train"].update(precision=precision, epochs=8, optimizer={"name": "adam", "lr": 1e-2})
+    result = dlpipe.run(cfg, run_dir=tmp_path / "run")
+    weights = result.rundir.read_tensors(dlpipe.runs.WEIGHTS)
+    assert all(w.dtype == torch.float32 for w in weights.values())
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+    assert result.metrics["test"]["accuracy"] > 0.7
+
+
+def test_mixed_precision_forward_runs_in_the_lower_precision():
+    from dlpipe.train.precision import precision_for
+
+    seen = []
+    model = nn.Linear(4, 2)
+    model.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    with precision_for("bf16", torch.device("cpu")).autocast():
+        model(torch.randn(3, 4))
+    assert seen == [torch.bfloat16]
+    assert precision_for("fp16", torch.device("cpu")).scaler is not None

@@ -36,6 +36,7 @@ from dlpipe.train.callbacks import (
 from dlpipe.train.loop import TensorBatches, fit, predict_outputs, validate
 from dlpipe.train.losses import LOSS_TASKS, LOSSES, default_loss
 from dlpipe.train.optimizers import OPTIMIZERS, decay_split, parameter_groups
+from dlpipe.train.precision import Precision, precision_for
 from dlpipe.train.schedulers import SCHEDULERS, with_warmup
 from dlpipe.train.state import TrainState
 
@@ -102,6 +103,7 @@ def fit_arrays(
     tc = cfg.train
     task = fitted.task
     device = _device(tc.device)
+    precision = precision_for(tc.precision, device)
     _seed_everything(cfg.seed, tc)
     generator = torch.Generator().manual_seed(cfg.seed)
 
@@ -162,6 +164,7 @@ def fit_arrays(
     if rundir is not None:
         def save(s: TrainState) -> None:
             payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                       "scaler": precision.scaler.state_dict() if precision.scaler else None,
                        "state": s.state_dict(), "rng": _rng_state(generator),
                        "callbacks": [cb.state_dict() for cb in cbs]}
             meta, tensors = pack(payload)
@@ -169,7 +172,7 @@ def fit_arrays(
 
         cbs.append(Checkpoint(save, every=tc.checkpoint_every))
         if resume:
-            _restore(rundir, model, optimizer, state, generator, cbs)
+            _restore(rundir, model, optimizer, state, generator, cbs, precision)
     show = {"auto": None, "always": True, "never": False}[tc.progress]
     bar = ProgressBar(tc.epochs, len(train), enabled=show)
     if bar.enabled:
@@ -179,7 +182,7 @@ def fit_arrays(
     try:
         fit(model, train, val, optimizer=optimizer, loss_fn=loss_fn, epochs=tc.epochs,
             callbacks=cbs, state=state, val_metrics=metrics_of, penalty=penalty,
-            grad_clip=tc.grad_clip, accumulation=tc.grad_accumulation)
+            grad_clip=tc.grad_clip, accumulation=tc.grad_accumulation, precision=precision)
     finally:
         bar.close()  # leave the terminal usable when training fails
 
@@ -318,7 +321,8 @@ def _rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
 
 
 def _restore(rundir: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
-             state: TrainState, generator: torch.Generator, cbs: list[Callback]) -> None:
+             state: TrainState, generator: torch.Generator, cbs: list[Callback],
+             precision: Precision) -> None:
     found = rundir.read_checkpoint()
     if found is None:
         return
@@ -326,6 +330,8 @@ def _restore(rundir: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
     payload = unpack(meta, tensors["tensors"])
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
+    if precision.scaler is not None and payload.get("scaler"):
+        precision.scaler.load_state_dict(payload["scaler"])
     state.load_state_dict(payload["state"])
     torch.set_rng_state(payload["rng"]["torch"])
     generator.set_state(payload["rng"]["shuffle"])

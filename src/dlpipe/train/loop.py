@@ -9,6 +9,7 @@ from torch import nn
 
 from dlpipe.errors import TrainingError
 from dlpipe.train.callbacks import Callback, call, overriding
+from dlpipe.train.precision import Precision
 from dlpipe.train.state import TrainState
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -69,6 +70,7 @@ def fit(
     penalty: Callable[[], torch.Tensor] | None = None,
     grad_clip: float | None = None,
     accumulation: int = 1,
+    precision: Precision | None = None,
 ) -> TrainState:
     """Train `model` for up to `epochs` epochs; return the final state.
 
@@ -78,8 +80,8 @@ def fit(
         while epoch < epochs and not should_stop:
             on_epoch_start
             for x, y in train:                  # shuffled slices of pre-built tensors
-                forward · loss (+ penalty) · backward
-                every `accumulation` batches: clip · step · zero_grad
+                forward · loss (+ penalty) · backward     # forward under autocast if mixed
+                every `accumulation` batches: (unscale) · clip · step · zero_grad
                     on_batch_end                # EMA update, per-step LR schedules
             metrics = validate(model, val)      # val_loss and `val_metrics`
             epoch += 1
@@ -92,12 +94,15 @@ def fit(
             (without the ``val_`` prefix, which `validate` adds).
         penalty: extra loss term (L1/L2 on weights), called once per batch.
         accumulation: batches whose gradients are summed before each optimizer step.
+        precision: mixed-precision autocast and, for fp16, the gradient scaler.
 
     Raises:
         TrainingError: the loss became NaN or infinite, naming the step and the first
             module whose output was not finite.
     """
     state = state or TrainState()
+    precision = precision or Precision()
+    scaler = precision.scaler
     on_batch_end = overriding(callbacks, "on_batch_end")  # unused hooks cost nothing
     call(callbacks, "on_fit_start", state)
     while state.epoch < epochs and not state.should_stop:
@@ -106,17 +111,25 @@ def fit(
         loss_sum = torch.zeros((), device=train.x.device)
         n_batches = len(train)
         for i, (x, y) in enumerate(train):
-            loss = loss_fn(model(x), y)
+            with precision.autocast():
+                loss = loss_fn(model(x), y)
             if penalty is not None:
                 loss = loss + penalty()
             if not torch.isfinite(loss):
                 raise _non_finite(model, x, state, loss)
-            (loss / accumulation if accumulation > 1 else loss).backward()
+            scaled = loss / accumulation if accumulation > 1 else loss
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
             loss_sum += loss.detach()                    # no .item(): no sync per batch
             if (i + 1) % accumulation == 0 or i + 1 == n_batches:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)           # clip the true gradients
                 if grad_clip is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
+                if scaler is not None:
+                    scaler.step(optimizer)               # skips steps with inf/NaN gradients
+                    scaler.update()
+                else:
+                    optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
                 for hook in on_batch_end:
