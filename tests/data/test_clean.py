@@ -59,7 +59,7 @@ def test_a_string_in_a_numeric_column_names_the_row_and_the_value(tmp_path):
     frame = numeric_frame()
     frame["age"] = [str(20 + i) for i in range(100)]
     frame.loc[12, "age"] = "abc"
-    with pytest.raises(DataError, match=r"column 'age' is numeric \(is set numeric in data\."
+    with pytest.raises(DataError, match=r"column 'age' is numeric \(set in data\."
                                         r"columns\) but row 12 holds 'abc'"):
         run_data(tmp_path, frame, columns={"age": "numeric"})
 
@@ -68,8 +68,9 @@ def test_a_mostly_numeric_text_column_with_a_stray_marker_is_refused(tmp_path):
     frame = numeric_frame()
     frame["age"] = [str(20 + i) for i in range(100)]
     frame.loc[40, "age"] = "?"
-    with pytest.raises(DataError, match=r"column 'age' is numeric \(looks numeric\) but row 40 "
-                                        r"holds '\?'.*set data\.columns\.age: categorical"):
+    with pytest.raises(DataError, match=r"column 'age' is numeric \(most values are numbers\) "
+                                        r"but row 40 holds '\?'.*set data\.columns\.age: "
+                                        r"categorical"):
         run_data(tmp_path, frame)
 
 

@@ -93,12 +93,12 @@ def _as_numeric(name: str, column: pd.Series, *, forced: bool) -> pd.Series:
     bad = column.notna() & parsed.isna()
     if bad.any():
         rows = column.index[bad.to_numpy()]
-        why = "is set numeric in data.columns" if forced else "looks numeric"
+        why = "set in data.columns" if forced else "most values are numbers"
         fix = ("fix the data or drop those rows" if forced else
                f"fix the data, or set data.columns.{name}: categorical")
         raise DataError(
             f"data.columns: column {name!r} is numeric ({why}) but row {rows[0]} holds "
-            f"{column[rows[0]]!r} ({int(bad.sum())} non-numeric values, {rows_text(rows)}); {fix}"
+            f"{column[rows[0]]!r} (non-numeric values in {rows_text(rows)}); {fix}"
         )
     return parsed
 
