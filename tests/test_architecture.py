@@ -23,6 +23,16 @@ ALLOWED: dict[str, set[str]] = {
     "train": {"data", "features", "models"},
     "evaluate": {"data", "features", "models", "train"},
     "predict": {"data", "features", "models"},
+    # tune validates every sampled config with pipeline.check and prepares a run directory
+    # with pipeline.run(stages=("data", "features")) for `dlpipe tune` (lazy imports).
+    "tune": {"data", "features", "models", "train", "evaluate", "pipeline"},
+    "report": set(),  # reads the run directory only
+    "finetune": {"data", "features", "models", "train", "evaluate"},
+    # export holds the ONNX helpers (export_onnx, the parity gate, ONNX Runtime sessions),
+    # which compress needs to quantize and measure; the export *stage* ships compress's kept
+    # variant by reading compress/ in the run directory, never by importing compress.
+    "compress": {"data", "features", "models", "train", "evaluate", "export"},
+    "export": {"features", "models"},
 }
 # Importable from anywhere; they import no stage. `metrics` is here because train logs
 # validation metrics every epoch and must not import evaluate.

@@ -15,12 +15,13 @@ from dlpipe.errors import ConfigError, DataError, DlpipeError, RunDirError, Trai
 from dlpipe.runs import RunDir
 
 if TYPE_CHECKING:
+    from dlpipe.finetune import Finetuned
     from dlpipe.pipeline import Result
     from dlpipe.predict import Predictor
 
 __all__ = [
     "ConfigError", "DataError", "DlpipeError", "PipelineConfig", "RunDir", "RunDirError",
-    "TrainingError", "load", "load_config", "run",
+    "TrainingError", "finetune_from", "load", "load_config", "run",
 ]
 __version__ = "0.1.0"
 
@@ -37,3 +38,13 @@ def load(run_dir: Any) -> Predictor:
     from dlpipe.predict import load as load_predictor
 
     return load_predictor(run_dir)
+
+
+def finetune_from(parent: Any, **kwargs: Any) -> Finetuned:
+    """Fine-tune a trained run on new data, in a new run; see `dlpipe.pipeline.finetune`.
+
+    (Not named `finetune`: that name is the stage's package, `dlpipe.finetune`.)
+    """
+    from dlpipe.pipeline import finetune
+
+    return finetune(parent, **kwargs)

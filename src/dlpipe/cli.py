@@ -44,6 +44,7 @@ def run(
 
     result = run_pipeline(config, run_dir=run_dir, overrides=set_ or ())
     _print_metrics(result.metrics)
+    _print_compress(result.rundir)
     out.print(f"run directory: {result.path}")
 
 
@@ -84,6 +85,39 @@ def features(rundir: RunDirArg, set_: SetOption = None) -> None:
 
 
 @app.command()
+def tune(
+    config: Annotated[Path, typer.Argument(help="The pipeline's YAML file, with a `tune:` "
+                                                "section.")],
+    run_dir: Annotated[Path | None, typer.Option(help="Where to write the run; an existing "
+                                                      "one resumes its study.")] = None,
+    set_: SetOption = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage: an SQLAlchemy URL or a "
+                                                     "journal file; default in the run.")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name; the same storage and name "
+                                                   "join one study.")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes on this "
+                                                            "machine.")] = None,
+    n_trials: Annotated[int | None, typer.Option(min=1, help="Trials in the study in "
+                                                             "all.")] = None,
+) -> None:
+    """Search hyperparameters on the train and val splits; write the best config to the run."""
+    from dlpipe.tune import search
+
+    result = search(config, run_dir=run_dir, overrides=set_ or (), storage=storage, study=study,
+                    workers=workers, n_trials=n_trials)
+    states = {k: v for k, v in result.summary["states"].items() if v}
+    out.print(f"study {result.study!r}: {result.summary['trials']} trials "
+              f"({', '.join(f'{v} {k.lower()}' for k, v in states.items())}), "
+              f"{result.summary['epochs_trained']} epochs trained")
+    out.print(f"best: trial {result.best_trial}, {result.metric} = {result.best_value:.6g}")
+    for path, value in result.best_params.items():
+        out.print(f"  {path} = {value!r}", markup=False, highlight=False)
+    out.print(f"run directory: {result.path}", soft_wrap=True)
+    out.print(f"retrain and test the best config: dlpipe train {result.path} && "
+              f"dlpipe evaluate {result.path}", soft_wrap=True)
+
+
+@app.command()
 def train(
     rundir: RunDirArg,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
@@ -101,6 +135,37 @@ def evaluate(rundir: RunDirArg, set_: SetOption = None) -> None:
 
 
 @app.command()
+def finetune(
+    rundir: Annotated[Path, typer.Argument(help="The trained run to start from (the parent).")],
+    data: Annotated[str, typer.Option(help="The new data: a file (CSV, Parquet, JSON Lines, "
+                                           ".npz), builtin:NAME, or a YAML data.source "
+                                           "mapping.")],
+    run_dir: Annotated[Path | None, typer.Option(help="Where to write the new run.")] = None,
+    set_: SetOption = None,
+    refit_features: Annotated[bool, typer.Option(help="Refit the preprocessing on the new "
+                                                      "training split.")] = False,
+) -> None:
+    """Fine-tune a trained run on new data, in a new run; print metrics before and after."""
+    from dlpipe.pipeline import finetune as finetune_run
+
+    result = finetune_run(rundir, data=data, run_dir=run_dir, overrides=set_ or (),
+                          refit_features=refit_features or None)
+    split = result.report["split"]
+    table = Table(title=f"{split} metrics on the new data")
+    for column in ("metric", "before (parent)", "after", "change"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    before, after = result.before[split], result.after[split]
+    for name, value in after.items():
+        if isinstance(value, float | int | None) and not isinstance(value, bool):
+            old = before.get(name)
+            change = value - old if isinstance(value, float) and isinstance(old, float) else None
+            table.add_row(name, _fmt(old), _fmt(value),
+                          "—" if change is None else f"{change:+.4f}")
+    out.print(table)
+    out.print(f"run directory: {result.path} (fine-tuned from {result.report['parent']})")
+
+
+@app.command()
 def predict(
     rundir: RunDirArg,
     input: Annotated[Path, typer.Argument(help="CSV, Parquet or JSON Lines rows.")],
@@ -113,6 +178,63 @@ def predict(
     prediction = load(rundir).predict(read_rows(input))
     write_predictions(prediction, output)
     out.print(f"{len(prediction.labels)} predictions written to {output}")
+
+
+@app.command()
+def compress(rundir: RunDirArg, set_: SetOption = None) -> None:
+    """Prune, quantize and cast a trained run's model within the accuracy guard; print the
+    comparison (the `compress:` section of the config, or its defaults)."""
+    from dlpipe.compress.report import table
+
+    out.print(table(_stage("compress", rundir, set_)))
+
+
+@app.command()
+def export(
+    rundir: RunDirArg,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="The bundle's folder; default "
+                                                 "export/ in the run directory.")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Export a trained (and compressed) run as a deployable bundle: ONNX, preprocessing,
+    signature, weights, model card."""
+    path = _stage("export", rundir, set_, out=out_dir)
+    out.print(f"bundle written to {path}")
+
+
+@app.command()
+def report(rundir: RunDirArg) -> None:
+    """Write the run's self-contained report.html (and plots/*.png) from its files alone."""
+    from dlpipe.report import write_report
+    from dlpipe.runs import RunDir
+
+    # Not through `_stage`: the report needs no valid config (nor the extras it names).
+    run_dir = RunDir.open(rundir)
+    with run_dir.stage_timer("report"):
+        path = write_report(run_dir)
+    out.print(f"report written to {path}")
+
+
+@app.command()
+def compare(
+    rundirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the "
+                                         "page.")] = Path("compare.html"),
+) -> None:
+    """Write one HTML page comparing runs: config differences, metrics, learning curves."""
+    from dlpipe.report import compare as compare_runs
+
+    path = compare_runs(rundirs, output)
+    out.print(f"comparison of {len(rundirs)} runs written to {path}")
+
+
+def _print_compress(rundir: Any) -> None:
+    from dlpipe import runs
+
+    if rundir.has(runs.COMPRESS_REPORT):
+        from dlpipe.compress.report import table
+
+        out.print(table(rundir.read_json(runs.COMPRESS_REPORT)))
 
 
 def _stage(stage: str, path: Path, overrides: list[str] | None, **options: Any) -> Any:

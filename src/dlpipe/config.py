@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from dlpipe.errors import ConfigError, suggest
 
@@ -339,6 +347,10 @@ class TrainConfig(Section):
     keep: Literal["best", "last"] = "best"
     """Deliver the best epoch's weights (by the early-stopping monitor, or val_loss) or the last."""
 
+    fit_on: Literal["train", "train+val"] = "train"
+    """Rows to train on. `train+val` is a final fit after model selection (`tune.retrain`):
+    no rows are held out, so there is no early stopping and the last epoch's weights are kept."""
+
     deterministic: bool = False
     """Use only deterministic algorithms (`torch.use_deterministic_algorithms`)."""
 
@@ -357,6 +369,15 @@ class TrainConfig(Section):
 
     progress: Literal["auto", "always", "never"] = "auto"
     """Progress bar: `auto` shows it only on a terminal."""
+
+    log_param_stats: bool = True
+    """Record every parameter's weight histogram and gradient norm each epoch in
+    param_stats.jsonl, for the report (train stage only; gradients of each epoch's last step)."""
+
+    loggers: list[Component] = Field(default_factory=list)
+    """Experiment loggers: `tensorboard` (needs `pip install 'dlpipe[tensorboard]'`),
+    `mlflow` (needs `dlpipe[mlflow]`) or `my_pkg.module:function` returning a Callback, each
+    with its builder's arguments, e.g. `{name: mlflow, experiment: churn}`."""
 
 
 class EvaluateConfig(Section):
@@ -383,6 +404,362 @@ class EvaluateConfig(Section):
         return self
 
 
+# -- tune -------------------------------------------------------------------------------
+
+_PARAM_KEYS = ("float", "int", "choice", "log", "step")
+# Sections a trial cannot change: the splits are made once before the search (and the test
+# split must stay unseen), evaluation is not part of a trial, the search cannot search itself.
+_UNSEARCHABLE = {"data", "evaluate", "tune", "name"}
+
+
+class ParamSpace(Section):
+    """One searched field: `{float: [low, high]}`, `{int: [low, high]}` or `{choice: [...]}`.
+
+    A bare list is shorthand for `{choice: [...]}`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True,
+                              populate_by_name=True)
+
+    float_: tuple[float, float] | None = Field(default=None, alias="float")
+    """`[low, high]`: a real number in the closed range."""
+
+    int_: tuple[int, int] | None = Field(default=None, alias="int")
+    """`[low, high]`: an integer in the closed range."""
+
+    choice: list[Any] | None = Field(default=None, min_length=1)
+    """One of these values: numbers, strings, booleans, null, or lists such as `[128, 64]`."""
+
+    log: bool = False
+    """Sample on a log scale (low must be above 0): learning rates, weight decays."""
+
+    step: float | None = Field(default=None, gt=0)
+    """Sample only low, low + step, low + 2·step, ... (a whole number for `int`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return {"choice": value}
+        if isinstance(value, Mapping):
+            for key in value:
+                if key not in _PARAM_KEYS:
+                    raise ValueError(f"unknown key {key!r}. {suggest(str(key), _PARAM_KEYS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ParamSpace:
+        kinds = [k for k, v in (("float", self.float_), ("int", self.int_),
+                                ("choice", self.choice)) if v is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of `float: [low, high]`, `int: [low, high]` or "
+                             f"`choice: [...]`; got {', '.join(kinds) or 'none'}")
+        bounds = self.float_ or self.int_
+        if bounds is None:
+            if self.log or self.step is not None:
+                raise ValueError("`log` and `step` apply to `float` and `int` ranges, not to "
+                                 "`choice`")
+            return self
+        low, high = bounds
+        if not low < high:
+            raise ValueError(f"low must be below high; got [{low}, {high}]")
+        if self.log and low <= 0:
+            raise ValueError(f"a log scale needs low > 0; got low = {low}")
+        if self.log and self.step is not None:
+            raise ValueError("give `log` or `step`, not both")
+        if self.int_ is not None and self.step is not None and self.step != int(self.step):
+            raise ValueError(f"an `int` range needs a whole-number step; got {self.step}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: Any) -> dict[str, Any]:
+        """Dump with the YAML's keys (`float`, not `float_`) and without unset options, so a
+        written config.yaml reads back."""
+        data = handler(self)
+        keys = {"float_": "float", "int_": "int"}
+        return {keys.get(k, k): v for k, v in data.items()
+                if v is not None and not (k == "log" and v is False)}
+
+
+class TuneConfig(Section):
+    """Hyperparameter search with Optuna (`pip install 'dlpipe[tune]'`).
+
+    Every trial trains the pipeline's model on the train split with a sampled config and is
+    scored on the val split; the test split is never seen. `dlpipe run` then retrains the best
+    config and evaluates it on test.
+    """
+
+    space: dict[str, ParamSpace] = Field(min_length=1)
+    """The searched fields by dotted path (`train.optimizer.lr`, `model.hidden`), each a range
+    or a list of choices. Every sampled config is validated like a hand-written one."""
+
+    metric: str = "loss"
+    """The validation metric to optimize: `loss` or a metric name (`accuracy`, `f1`, `r2`);
+    `val.accuracy` and `val_accuracy` mean the same. A trial scores its best epoch."""
+
+    direction: Literal["auto", "maximize", "minimize"] = "auto"
+    """`auto`: minimize losses and errors, maximize everything else."""
+
+    n_trials: int | None = Field(default=20, ge=1)
+    """Trials in the study, counted across workers and resumed runs; null: until `timeout_s`."""
+
+    timeout_s: float | None = Field(default=None, gt=0)
+    """Start no new trial after this many seconds."""
+
+    sampler: Literal["tpe", "random", "grid", "cmaes", "qmc"] = "tpe"
+    """How trials pick values. `grid` needs a finite space (choices, ints, floats with `step`)."""
+
+    pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    """How unpromising trials are stopped early from their per-epoch validation metric."""
+
+    startup_trials: int = Field(default=5, ge=0)
+    """Trials sampled at random before TPE models the space, and never pruned by `median`."""
+
+    warmup_epochs: int = Field(default=1, ge=0)
+    """Epochs every trial trains before the median pruner may stop it."""
+
+    seed: int | None = None
+    """Seed of the sampler; default the pipeline's `seed`. One worker then repeats a study."""
+
+    enqueue: list[dict[str, Any]] = Field(default_factory=list)
+    """Points to try first, e.g. the hand-tuned values: `[{train.optimizer.lr: 0.001}]`."""
+
+    retrain: Literal["train", "train+val"] = "train"
+    """What the final model trains on: the train split (early stopping on val as usual), or
+    train+val for the best trial's number of epochs (val metrics are then not held out)."""
+
+    workers: int = Field(default=1, ge=1)
+    """Worker processes on this machine sharing the study (`--workers`)."""
+
+    storage: str | None = None
+    """Where the study lives: an SQLAlchemy URL (`postgresql://...`; `sqlite:///x.db` for one
+    worker only) or a journal file path; default `tune/journal.log` in the run directory."""
+
+    study: str | None = None
+    """Study name; default the pipeline's name. Runs naming the same storage and study join it."""
+
+    heartbeat_s: int = Field(default=10, ge=1)
+    """A running trial records a heartbeat this often."""
+
+    grace_s: int | None = Field(default=None, ge=1)
+    """A running trial with no heartbeat for this long is marked failed (its worker died);
+    default 3 × `heartbeat_s`."""
+
+    plots: bool = True
+    """Write PNG plots of the study: history, parameter importances, parallel coordinates."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_metric(cls, value: Any) -> Any:
+        if isinstance(value, Mapping) and isinstance(value.get("metric"), str):
+            metric = value["metric"]
+            for split in ("test", "train"):
+                if metric.startswith((f"{split}.", f"{split}_")):
+                    raise ValueError(f"metric: {metric!r} is not a validation metric; trials "
+                                     f"are scored on the val split (e.g. "
+                                     f"val.{metric[len(split) + 1:]})")
+            value = {**value, "metric": metric.removeprefix("val.").removeprefix("val_")}
+        return value
+
+    @field_validator("space")
+    @classmethod
+    def _searchable(cls, space: dict[str, ParamSpace]) -> dict[str, ParamSpace]:
+        for path in space:
+            if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", path):
+                raise ValueError(f"{path!r} is not a dotted field path such as "
+                                 f"train.optimizer.lr")
+            if path.split(".")[0] in _UNSEARCHABLE:
+                raise ValueError(f"{path!r} cannot be searched: the data is split once before "
+                                 f"the search and {', '.join(sorted(_UNSEARCHABLE))} stay fixed; "
+                                 f"search model, train, features or seed fields")
+        return space
+
+    @model_validator(mode="after")
+    def _budget(self) -> TuneConfig:
+        if self.n_trials is None and self.timeout_s is None:
+            raise ValueError("give n_trials or timeout_s (or both); otherwise the search never "
+                             "ends")
+        if self.storage is not None and self.storage.startswith("sqlite") and self.workers > 1:
+            raise ValueError(
+                f"storage: {self.storage}: SQLite cannot be shared by parallel workers: "
+                f"concurrent writes lock the database file (Optuna FAQ, 'How can I solve the "
+                f"error that occurs when performing parallel optimization with SQLite3?'). Use "
+                f"the default journal file storage (omit --storage), a PostgreSQL/MySQL URL, or "
+                f"one worker (got workers={self.workers})")
+        if self.grace_s is not None and self.grace_s <= self.heartbeat_s:
+            raise ValueError(f"grace_s must exceed heartbeat_s; got {self.grace_s} <= "
+                             f"{self.heartbeat_s}")
+        return self
+
+    @property
+    def grace(self) -> int:
+        """Seconds without a heartbeat after which a running trial counts as dead."""
+        return self.grace_s if self.grace_s is not None else 3 * self.heartbeat_s
+
+
+# -- finetune ---------------------------------------------------------------------------
+
+
+class FinetuneConfig(Section):
+    """Fine-tuning: start from a trained run's network and preprocessing, train on new data.
+
+    `dlpipe finetune RUN_DIR --data NEW` writes this section into the new run's config. The
+    run's `train` section (its parent's, unless overridden) drives the loop, with `epochs`
+    and the optimizer's `lr` taken from here. The `finetune` stage replaces the features,
+    tune and train stages.
+    """
+
+    parent: str
+    """The trained run directory to start from (its weights.safetensors and features.json)."""
+
+    parent_config_sha256: str | None = None
+    """The parent's config hash (fingerprint.json) when this run was made; checked if set."""
+
+    parent_data_sha256: str | None = None
+    """The parent's data hash (fingerprint.json) when this run was made; checked if set."""
+
+    parent_weights_sha256: str | None = None
+    """sha256 of the parent's weights.safetensors when this run was made; checked if set."""
+
+    lr: float | None = Field(default=None, gt=0)
+    """Learning rate; default the parent's learning rate / 10. A scheduler's own absolute
+    rates (onecycle `max_lr`) are kept as the parent set them."""
+
+    epochs: int = Field(default=5, ge=1)
+    """Passes over the new training split."""
+
+    freeze: list[str] | Literal["all_but_head"] = Field(default_factory=list)
+    """Parameters to freeze: glob patterns on parameter names (`["block0.*"]`, `["0.*"]`), or
+    `all_but_head` (every block but the last). Frozen batch-norm layers keep their running
+    statistics. Frozen parameters get no optimizer and stay byte-identical."""
+
+    unfreeze_every: int | None = Field(default=None, ge=1)
+    """Gradual unfreezing: every this many epochs, unfreeze the frozen block nearest the
+    output. Off when absent."""
+
+    refit_features: bool = False
+    """Refit the preprocessing on the new training split instead of keeping the parent's.
+    This changes what each input means to the network, so it is refused when the model input
+    width would change."""
+
+    @field_validator("freeze", mode="before")
+    @classmethod
+    def _one_pattern(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) and value != "all_but_head" else value
+
+
+# -- compress, export --------------------------------------------------------------------
+
+CompressMethod = Literal["structured", "prune", "int8", "fp16", "bf16"]
+_PRUNING = ("structured", "prune")
+
+
+class CompressConfig(Section):
+    """Make the trained model smaller and faster; keep each result only within the guard.
+
+    The pruning methods (`structured`, `prune`) run in the order listed, each on the model the
+    previous one kept; `int8`, `fp16` and `bf16` then convert that model. Every variant is
+    scored on the validation split (ONNX Runtime on this machine) and rejected when the guarded
+    metric drops more than `max_metric_drop` below the original's; the kept ones are scored on
+    test once at the end.
+    """
+
+    methods: list[CompressMethod] = Field(
+        default_factory=lambda: ["structured", "prune", "int8"], min_length=1)
+    """`structured`: remove the hidden neurons of smallest L1 norm (the layers shrink; `mlp`
+    only); `prune`: zero the smallest weights (the file keeps its size); `int8`: ONNX Runtime
+    quantization; `fp16`: an fp16 ONNX graph; `bf16`: bf16 safetensors weights."""
+
+    max_metric_drop: float = Field(default=0.005, ge=0)
+    """Largest allowed drop of the guarded metric on validation, absolute (0.005 = half a
+    point of accuracy), against the uncompressed model."""
+
+    metric: str | None = None
+    """The guarded metric; default `accuracy` for classification, `r2` for regression. For a
+    lower-is-better metric (`rmse`) a rise counts as the drop."""
+
+    sparsities: list[float] = Field(default_factory=lambda: [0.5, 0.7, 0.8, 0.9, 0.95],
+                                    min_length=1)
+    """Fractions of zero weights `prune` tries, in increasing order: each step prunes the last
+    kept model further and fine-tunes it; the search stops at the first step the guard rejects,
+    so the strongest sparsity within the guard is kept."""
+
+    scope: Literal["global", "layer"] = "global"
+    """`global`: one magnitude threshold over every Linear/Conv weight; `layer`: each layer
+    pruned to the same sparsity."""
+
+    structured_amounts: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75],
+                                            min_length=1)
+    """Fractions of each hidden layer's neurons `structured` removes, tried in increasing
+    order like `sparsities`."""
+
+    finetune_epochs: int = Field(default=3, ge=0)
+    """Epochs of fine-tuning after each pruning step (0: none)."""
+
+    finetune_lr_factor: float = Field(default=0.1, gt=0, le=1)
+    """Fine-tuning learning rate as a fraction of `train.optimizer.lr`."""
+
+    quantization: Literal["auto", "dynamic", "static"] = "auto"
+    """int8 scheme: `dynamic` (weights int8, activations quantized on the fly: Linear,
+    LSTM), `static` (activations calibrated on training batches, per-channel weights: what
+    convolutions need); `auto` picks static when the graph has a convolution."""
+
+    calibration_rows: int = Field(default=512, ge=1)
+    """Training rows used to calibrate static quantization."""
+
+    per_channel: bool | None = None
+    """One int8 scale per output channel of each weight instead of one per tensor; default
+    per channel for static (convolutions), per tensor for dynamic (ONNX Runtime's defaults;
+    per-tensor scales keep a small MLP's int8 file leanest)."""
+
+    latency_runs: int = Field(default=100, ge=1)
+    """Timed runs per variant and batch size for the latency columns (the median is kept)."""
+
+    @field_validator("sparsities", "structured_amounts")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        bad = [v for v in value if not 0 < v < 1]
+        if bad:
+            raise ValueError(f"every value must be between 0 and 1 (exclusive); got {bad}")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _order(self) -> CompressConfig:
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"each method may appear once; got {self.methods}")
+        last_pruning = max((i for i, m in enumerate(self.methods) if m in _PRUNING), default=-1)
+        first_format = min((i for i, m in enumerate(self.methods) if m not in _PRUNING),
+                           default=len(self.methods))
+        if last_pruning > first_format:
+            raise ValueError("list the pruning methods (structured, prune) before the formats "
+                             f"(int8, fp16, bf16), which convert the pruned model; got "
+                             f"{self.methods}")
+        return self
+
+
+class ExportConfig(Section):
+    """The deployable bundle: ONNX graphs, preprocessing, signature, weights, model card."""
+
+    opset: int = Field(default=18, ge=18, le=23)
+    """ONNX opset of the exported graph: 18 (what torch's exporter writes natively) to 23.
+    Older opsets would need a version conversion that fails for some layers."""
+
+    out: str | None = None
+    """Folder of the bundle; default `export/` in the run directory."""
+
+    include_int8: bool = True
+    """Ship compress's int8 graph as model.int8.onnx when the guard kept one."""
+
+    include_fp16: bool = True
+    """Ship compress's fp16 graph as model.fp16.onnx when the guard kept one."""
+
+    version: str | None = None
+    """Version written to manifest.json; default the first 12 hex digits of the config hash."""
+
+    parity_rows: int = Field(default=256, ge=2)
+    """Held-out rows in the larger of the two parity-check batches (the other has 1 row)."""
+
+
 class PipelineConfig(Section):
     """A whole pipeline: one section per stage."""
 
@@ -406,6 +783,18 @@ class PipelineConfig(Section):
 
     evaluate: EvaluateConfig = EvaluateConfig()
     """Metrics."""
+
+    tune: TuneConfig | None = None
+    """Hyperparameter search before training; off when absent."""
+
+    finetune: FinetuneConfig | None = None
+    """Start from a trained run instead of training from scratch; off when absent."""
+
+    compress: CompressConfig | None = None
+    """Pruning, int8 quantization, half precision after evaluation; off when absent."""
+
+    export: ExportConfig | None = None
+    """The deployable bundle (ONNX, preprocessing, signature) at the end; off when absent."""
 
 
 # -- loading ------------------------------------------------------------------------------

@@ -41,6 +41,11 @@ class TrainingError(DlpipeError, RuntimeError):
     """Training cannot go on: a non-finite loss, a callback that failed."""
 
 
+class ExportError(DlpipeError, ValueError):
+    """A model cannot be exported or compressed as asked, or a bundle fails its checks:
+    ONNX outputs that differ from PyTorch's (naming the layer), a tampered bundle file."""
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """Return 'Did you mean X? Known: a, b, c' for a misspelled `name`."""
     known = sorted(choices)

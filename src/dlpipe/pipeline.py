@@ -15,23 +15,34 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlpipe import runs
 from dlpipe.config import PipelineConfig, load_config, to_dict
 from dlpipe.errors import ConfigError, DlpipeError
 from dlpipe.runs import RunDir
 
+if TYPE_CHECKING:
+    from dlpipe.finetune import Finetuned
+
 #: Every stage in pipeline order: name → "module:function" of its `run(cfg, rundir, **options)`.
 #: Imported only when the stage runs, so `import dlpipe` stays light.
 STAGE_RUNNERS: dict[str, str] = {
     "data": "dlpipe.pipeline:_run_data",
     "features": "dlpipe.features:run",
+    "tune": "dlpipe.tune:run",
     "train": "dlpipe.train:run",
+    "finetune": "dlpipe.finetune:run",
     "evaluate": "dlpipe.evaluate:run",
+    "compress": "dlpipe.compress:run",
+    "export": "dlpipe.export:run",
+    "report": "dlpipe.report:run",
 }
 #: Stages that run only when the config has their section (e.g. `tune:`); the others always do.
-OPTIONAL_STAGES: set[str] = set()
+OPTIONAL_STAGES = {"tune", "finetune", "compress", "export"}
+#: Stages a fine-tuned run (`finetune:` section) skips: it starts from its parent's
+#: preprocessing and weights.
+REPLACED_BY_FINETUNE = {"features", "tune", "train"}
 STAGES = tuple(STAGE_RUNNERS)
 
 ConfigSource = str | os.PathLike[str] | dict[str, Any] | PipelineConfig
@@ -102,6 +113,19 @@ def check(cfg: PipelineConfig) -> None:
 
             problems.append(("train.early_stopping.monitor",
                              f"unknown value {monitor!r}. {suggest(monitor, known)}"))
+    if cfg.compress is not None and cfg.compress.metric is not None:
+        try:  # whether it fits the task is known only after the data stage
+            METRICS.get(cfg.compress.metric, path="compress.metric")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if tc.loggers:
+        from dlpipe.train.loggers import logger_problems
+
+        problems.extend(logger_problems(tc.loggers))
+    if cfg.tune is not None and not problems:  # each searched value, set into this config
+        from dlpipe.tune.space import check_space
+
+        problems.extend(check_space(cfg))
     if problems:
         raise ConfigError(problems)
 
@@ -141,14 +165,49 @@ def run(
         raise
     for stage in stages:
         if stage != "data" and enabled(stage, cfg):
-            run_stage(stage, cfg, rundir)
+            outcome = run_stage(stage, cfg, rundir)
+            if stage == "tune":  # the stages after it train and evaluate the best config
+                cfg = outcome.config
     metrics = rundir.read_json(runs.METRICS) if rundir.has(runs.METRICS) else {}
     history = rundir.read_jsonl(runs.HISTORY) if rundir.has(runs.HISTORY) else []
     return Result(rundir, metrics, history)
 
 
+def finetune(
+    parent: str | os.PathLike[str],
+    *,
+    data: Any,
+    run_dir: str | os.PathLike[str] | None = None,
+    overrides: Iterable[str] = (),
+    refit_features: bool | None = None,
+) -> Finetuned:
+    """Fine-tune the trained run `parent` on new data, in a new run linked to it.
+
+    Args:
+        data: a file, ``"builtin:NAME"``, a `data.source` mapping, a DataFrame or ``(X, y)``.
+        overrides: ``a.b.c=VALUE`` items, e.g. ``finetune.freeze=all_but_head``.
+
+    Returns:
+        A `dlpipe.finetune.Finetuned`: the new run, its metrics, and `before` / `after`.
+
+    Example:
+        >>> result = dlpipe.finetune_from("runs/bc", data="new.csv",
+        ...                               overrides=["finetune.epochs=3"])
+        >>> result.before["test"]["accuracy"], result.after["test"]["accuracy"]
+    """
+    from dlpipe.finetune import Finetuned, finetune_config
+
+    cfg, frame = finetune_config(parent, data, overrides=overrides,
+                                 refit_features=refit_features)
+    result = run(cfg, run_dir=run_dir, data=frame)
+    return Finetuned(result.rundir, result.metrics, result.history,
+                     result.rundir.read_json(runs.FINETUNE))
+
+
 def enabled(stage: str, cfg: PipelineConfig) -> bool:
     """Whether `dlpipe run` runs `stage` for this config."""
+    if stage in REPLACED_BY_FINETUNE and getattr(cfg, "finetune", None) is not None:
+        return False
     return stage not in OPTIONAL_STAGES or getattr(cfg, stage, None) is not None
 
 
@@ -166,6 +225,10 @@ def _run_data(cfg: PipelineConfig, rundir: RunDir, data: Any = None) -> Any:
     from dlpipe import data as data_stage
 
     result = data_stage.run(cfg, rundir, frame=_frame(data, cfg.data.target))
+    if cfg.finetune is not None:  # new data must fit the parent's network: check before training
+        from dlpipe.finetune import check_parent
+
+        check_parent(cfg, result.schema, result.train)
     write_fingerprint(cfg, rundir, result.data_hash)
     return result
 

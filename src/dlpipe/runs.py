@@ -13,12 +13,26 @@ Layout::
     schema.json           input columns with their kinds, the target, the task, the classes
     data/{train,val,test}.parquet   the cleaned splits
     features.json         preprocessing fitted on the training split
+    tune/                 the search: trials.csv, best_config.yaml, summary.json, journal.log
+                          (the Optuna study), history / importances / parallel_coordinates.png
     model.json            the model's builder name, keyword arguments and shapes
     training.json         epochs run, why training stopped, the kept epoch and its source
     weights.safetensors   the deliverable (best) weights
     checkpoints/          resume state: epoch-NNNN/ folders and last.json pointing at one
     history.jsonl         one line of metrics per epoch
+    param_stats.jsonl     per epoch: weight histogram and gradient norm of each parameter
+    loggers.json          where the experiment loggers (TensorBoard, MLflow) wrote
     metrics.json          {"val": {...}, "test": {...}, "cv": {...}}
+    finetune.json         a fine-tuned run: the new data's val/test metrics of the parent as is
+                          ("before") and fine-tuned ("after"), the parent, what was frozen
+    curves.json           ROC / PR / calibration / confusion / residuals / worst examples
+    predictions/test.parquet   true value, prediction and probabilities of each test row
+    report.html           the self-contained report of the run (plots/ holds its PNGs)
+    compress/             report.json (every variant: size, parameters, latency, metrics,
+                          kept or rejected); the kept fp32 model (model.json,
+                          weights.safetensors, model.onnx) when pruning was kept;
+                          model.int8.onnx, model.fp16.onnx, weights.bf16.safetensors when kept
+    export/               the deployable bundle (layout in dlpipe/export/bundle.py)
     run.json              the command and per-stage timings
 """
 
@@ -54,6 +68,28 @@ TRAINING = Artifact("training.json", "train")
 WEIGHTS = Artifact("weights.safetensors", "train")
 HISTORY = Artifact("history.jsonl", "train")
 METRICS = Artifact("metrics.json", "evaluate")
+FINETUNE = Artifact("finetune.json", "finetune")
+CURVES = Artifact("curves.json", "evaluate")
+PREDICTIONS = Artifact("predictions/test.parquet", "evaluate")
+PARAM_STATS = Artifact("param_stats.jsonl", "train")
+LOGGERS = Artifact("loggers.json", "train")
+REPORT = Artifact("report.html", "report")
+PLOTS = Artifact("plots", "report")  # a folder: plots/<name>.png
+TUNE_TRIALS = Artifact("tune/trials.csv", "tune")
+TUNE_BEST_CONFIG = Artifact("tune/best_config.yaml", "tune")
+TUNE_SUMMARY = Artifact("tune/summary.json", "tune")
+TUNE_JOURNAL = Artifact("tune/journal.log", "tune")
+TUNE_PLOTS = {name: Artifact(f"tune/{name}.png", "tune")
+              for name in ("history", "importances", "parallel_coordinates")}
+COMPRESS_DIR = Artifact("compress", "compress")  # a folder, replaced by each compress run
+COMPRESS_REPORT = Artifact("compress/report.json", "compress")
+COMPRESSED_MODEL = Artifact("compress/model.json", "compress")
+COMPRESSED_WEIGHTS = Artifact("compress/weights.safetensors", "compress")
+COMPRESSED_ONNX = Artifact("compress/model.onnx", "compress")
+COMPRESSED_INT8 = Artifact("compress/model.int8.onnx", "compress")
+COMPRESSED_FP16 = Artifact("compress/model.fp16.onnx", "compress")
+COMPRESSED_BF16 = Artifact("compress/weights.bf16.safetensors", "compress")
+EXPORT = Artifact("export", "export")  # a folder: the bundle
 RUN_INFO = Artifact("run.json", None)
 SPLITS = ("train", "val", "test")
 

@@ -18,6 +18,8 @@ FLOORS = [
     ("tabular_binary.yaml", "accuracy", 0.93),
     ("multiclass.yaml", "accuracy", 0.95),
     ("regression.yaml", "r2", 0.40),
+    ("tune.yaml", "accuracy", 0.95),  # the best of 16 trials, retrained, on the unseen test split
+    ("compress.yaml", "accuracy", 0.95),  # the trained model's; compress keeps it within 0.005
 ]
 
 

@@ -1,7 +1,8 @@
 """The evaluate stage: metrics of the trained model on the validation and test splits.
 
 Writes metrics.json as ``{"val": {...}, "test": {...}}`` (and ``"cv"`` with k-fold
-cross-validation). The binary decision threshold is chosen on validation, never on test.
+cross-validation), and curves.json with predictions/test.parquet (see `curves`). The binary
+decision threshold is chosen on validation, never on test.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from dlpipe import runs
 from dlpipe.config import PipelineConfig
+from dlpipe.evaluate.curves import write_curves
 from dlpipe.features import FittedFeatures
 from dlpipe.features import load as load_features
 from dlpipe.metrics import best_threshold, compute_metrics
@@ -32,6 +34,7 @@ def run(cfg: PipelineConfig, rundir: RunDir) -> dict[str, Any]:
     model = load_network(rundir)
     frames = {split: rundir.read_split(split) for split in ("val", "test")}
     metrics = evaluate_frames(cfg, model, fitted, frames)
+    write_curves(rundir, model, fitted, frames, metrics)
     if cfg.evaluate.cv_folds >= 2:
         from dlpipe.evaluate.kfold import cross_validate
 

@@ -23,6 +23,7 @@ from dlpipe.models.heads import output_size, to_scores
 from dlpipe.models.spec import spec_of
 from dlpipe.runs import RunDir
 from dlpipe.train._checkpoint import pack, unpack
+from dlpipe.train._stats import ParamStats
 from dlpipe.train.callbacks import (
     BestWeights,
     Callback,
@@ -33,6 +34,7 @@ from dlpipe.train.callbacks import (
     LRSchedule,
     ProgressBar,
 )
+from dlpipe.train.loggers import build_loggers
 from dlpipe.train.loop import TensorBatches, fit, predict_outputs, validate
 from dlpipe.train.losses import LOSS_TASKS, LOSSES, default_loss
 from dlpipe.train.optimizers import OPTIMIZERS, decay_split, parameter_groups
@@ -65,6 +67,12 @@ def run(cfg: PipelineConfig, rundir: RunDir, *, resume: bool = False,
     fitted = load_features(rundir)
     train_xy = fitted.arrays(rundir.read_split("train"))
     val_xy = fitted.arrays(rundir.read_split("val"))
+    if cfg.train.fit_on == "train+val":  # a final fit after model selection: nothing held out
+        if cfg.train.early_stopping is not None:
+            raise ConfigError([("train.fit_on", "train+val leaves no validation rows for early "
+                                                "stopping; remove train.early_stopping")])
+        train_xy = tuple(np.concatenate(pair) for pair in zip(train_xy, val_xy, strict=True))
+        val_xy = None
     if resume and rundir.read_checkpoint() is None:
         raise RunDirError(f"{rundir.path} has no complete checkpoint to resume from; "
                           f"run `dlpipe train {rundir.path}` without --resume")
@@ -89,6 +97,7 @@ def fit_arrays(
     rundir: RunDir | None = None,
     resume: bool = False,
     metrics: Sequence[str] = (),
+    model: nn.Module | None = None,
 ) -> Trained:
     """Build everything `cfg.train` describes and train on prepared arrays.
 
@@ -99,6 +108,9 @@ def fit_arrays(
         callbacks: extra callbacks, called after dlpipe's own (a tuning pruner, a logger).
         metrics: metric names (from `dlpipe.metrics.METRICS`) to compute on the validation
             split every epoch, logged as ``val_<name>``, on top of the task's standard few.
+        model: train this network, as it is (e.g. a parent run's weights, for fine-tuning),
+            instead of a fresh `cfg.model`; it must have the architecture `cfg.model`
+            describes. Parameters with ``requires_grad=False`` get no optimizer.
     """
     tc = cfg.train
     task = fitted.task
@@ -117,9 +129,11 @@ def fit_arrays(
     spec = spec_of(cfg.model.name, cfg.model.kwargs, init=cfg.model.init,
                    in_features=fitted.inputs.n_numeric_, out_features=output_size(task, n_classes),
                    cardinalities=fitted.inputs.cardinalities_, task=task)
-    model = build(cfg.model.name, spec["in_features"], spec["out_features"],
-                  cardinalities=spec["cardinalities"], init=cfg.model.init,
-                  kwargs=cfg.model.kwargs).to(device)
+    if model is None:
+        model = build(cfg.model.name, spec["in_features"], spec["out_features"],
+                      cardinalities=spec["cardinalities"], init=cfg.model.init,
+                      kwargs=cfg.model.kwargs)
+    model = model.to(device)
 
     loss_fn = build_loss(tc, task, y_train, cfg.data.imbalance == "class_weight")
     if isinstance(loss_fn, nn.Module):
@@ -159,6 +173,12 @@ def fit_arrays(
         es = tc.early_stopping
         cbs.append(EarlyStopping(es.monitor, mode=es.mode, patience=es.patience,
                                  min_delta=es.min_delta))
+    if rundir is not None:  # a run's diagnostics; k-fold folds and tuning trials have none
+        if tc.log_param_stats:
+            steps = -(-len(train) // tc.grad_accumulation)
+            cbs.append(ParamStats(model, optimizer, steps,
+                                  lambda text: rundir.write_bytes(runs.PARAM_STATS, text.encode())))
+        cbs.extend(build_loggers(tc.loggers, rundir, cfg.model_dump(mode="json"), model))
     cbs.extend(callbacks)
     state = TrainState()
     if rundir is not None:
@@ -230,7 +250,7 @@ def build_optimizer(tc: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if decay is None and "weight_decay" in signature:
         decay = signature["weight_decay"].default
     if decay is None or decay is inspect.Parameter.empty:
-        return builder(model.parameters(), **kwargs)
+        return builder([p for p in model.parameters() if p.requires_grad], **kwargs)
     return builder(parameter_groups(model, decay), **kwargs)
 
 

@@ -1,0 +1,174 @@
+"""Predict raw rows from a bundle with ONNX Runtime and features.json: no torch at inference.
+
+`load_bundle` executes nothing from the bundle: it checks every file against manifest.json,
+runs `onnx.checker`, refuses external-data paths (weights stored outside the graph file) and
+non-finite weights, then opens the graph with ONNX Runtime from the verified bytes.
+
+Example:
+    >>> predictor = load_bundle("runs/quickstart/export")
+    >>> predictor.predict(frame).labels[:3]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from dlpipe.errors import DataError, ExportError
+from dlpipe.export import _runtime
+from dlpipe.export.bundle import FEATURES, SIGNATURE, VARIANTS, verify_bundle
+from dlpipe.features import FittedFeatures
+
+__all__ = ["OnnxPredictor", "Prediction", "load_bundle"]
+
+
+@dataclass
+class Prediction:
+    """Predicted labels (or values) and class probabilities; the fields and meaning of
+    `dlpipe.predict.Prediction`, kept separate so that loading a bundle needs no torch."""
+
+    labels: np.ndarray
+    """(N,) predicted class labels as in the training data, or predicted values."""
+
+    probabilities: np.ndarray | None
+    """(N, K) class probabilities in the order of `classes`; None for regression."""
+
+    classes: list[Any]
+
+    def to_frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame({"prediction": self.labels})
+        if self.probabilities is not None:
+            for i, cls in enumerate(self.classes):
+                frame[f"probability_{cls}"] = self.probabilities[:, i]
+        return frame
+
+
+class OnnxPredictor:
+    """A bundle's ONNX graph and fitted preprocessing, ready to predict on raw rows."""
+
+    def __init__(self, session: Any, fitted: FittedFeatures, signature: Mapping[str, Any],
+                 *, variant: str = "fp32") -> None:
+        self.session = session
+        self.fitted = fitted
+        self.signature = dict(signature)
+        self.variant = variant
+
+    @property
+    def task(self) -> str:
+        return self.fitted.task
+
+    @property
+    def classes(self) -> list[Any]:
+        return list(self.fitted.target.classes_) if self.task != "regression" else []
+
+    @property
+    def threshold(self) -> float:
+        return float(self.signature.get("threshold") or 0.5)
+
+    def predict(self, rows: pd.DataFrame | np.ndarray | Sequence[Mapping[str, Any]]
+                ) -> Prediction:
+        """Predict raw rows: a DataFrame, a list of dicts, or a 2-D array in column order."""
+        frame = self.fitted.inputs.validate_input(self._frame(rows),
+                                                  target=self.signature.get("target"))
+        x = self.fitted.inputs.transform(frame)  # (N, F) float32
+        outputs = _runtime.run_batched(self.session, x).astype(np.float32)  # (N, out)
+        if self.task == "regression":
+            return Prediction(self.fitted.target.inverse_transform(outputs.reshape(-1)), None, [])
+        if self.task == "binary":
+            positive = _sigmoid(outputs.reshape(-1))  # (N,)
+            probabilities = np.stack([1 - positive, positive], axis=1)
+            indices = (positive >= self.threshold).astype(np.int64)
+        else:
+            probabilities = _softmax(outputs)  # (N, K)
+            indices = probabilities.argmax(axis=1)
+        return Prediction(self.fitted.target.inverse_transform(indices), probabilities,
+                          self.classes)
+
+    def _frame(self, rows: Any) -> pd.DataFrame:
+        if isinstance(rows, pd.DataFrame):
+            return rows
+        if isinstance(rows, np.ndarray):
+            names = [c["name"] for c in self.fitted.inputs.columns]
+            if rows.ndim != 2 or rows.shape[1] != len(names):
+                raise DataError(f"predict: expected a 2-D array with {len(names)} columns "
+                                f"({', '.join(names)}); got shape {rows.shape}")
+            return pd.DataFrame(rows, columns=names)
+        if isinstance(rows, Sequence) and all(isinstance(r, Mapping) for r in rows):
+            return pd.DataFrame(list(rows))
+        raise DataError(f"predict: expected a DataFrame, a 2-D array or a list of dicts; got "
+                        f"{type(rows).__name__}")
+
+
+def load_bundle(path: str | os.PathLike[str], *,
+                variant: Literal["fp32", "int8", "fp16"] = "fp32",
+                threads: int | None = None) -> OnnxPredictor:
+    """Load a bundle made by `dlpipe export` for prediction with ONNX Runtime.
+
+    Args:
+        variant: which graph to run: the fp32 `model.onnx`, or the compressed int8 / fp16 one.
+        threads: ONNX Runtime intra-op threads; default its own choice.
+
+    Raises:
+        ExportError: a file does not match the manifest, the variant is not in the bundle,
+            the graph fails `onnx.checker`, stores weights outside the bundle, or holds
+            NaN or infinite weights.
+    """
+    root = Path(path)
+    manifest = verify_bundle(root)
+    if variant not in VARIANTS:
+        raise ExportError(f"bundle: unknown variant {variant!r}; use one of "
+                          f"{', '.join(VARIANTS)}")
+    filename = VARIANTS[variant]
+    if filename not in manifest["files"]:
+        present = [v for v, f in VARIANTS.items() if f in manifest["files"]]
+        raise ExportError(f"bundle: {root} has no {filename} (variant {variant!r}); it has "
+                          f"{', '.join(present)}")
+    data = (root / filename).read_bytes()
+    check_onnx_bytes(data, f"{root / filename}")
+    signature = json.loads((root / SIGNATURE).read_text())
+    fitted = FittedFeatures.from_json(json.loads((root / FEATURES).read_text()))
+    return OnnxPredictor(_runtime.session(data, threads=threads), fitted, signature,
+                         variant=variant)
+
+
+def check_onnx_bytes(data: bytes, where: str) -> None:
+    """`onnx.checker` on a serialized graph; refuse external data and non-finite weights."""
+    _runtime.require_onnx("loading a bundle")
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf raises DecodeError and others
+        raise ExportError(f"bundle: {where} is not a readable ONNX model ({exc})") from None
+    for init in proto.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL or init.external_data:
+            raise ExportError(f"bundle: {where} stores initializer {init.name!r} in an "
+                              f"external file; bundles keep every weight inside the graph")
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"bundle: {where} fails onnx.checker: {exc}") from None
+    for init in proto.graph.initializer:
+        values = numpy_helper.to_array(init)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise ExportError(f"bundle: {where} has NaN or infinite values in weight "
+                              f"{init.name!r}; re-export the run")
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    from scipy.special import expit
+
+    return expit(x.astype(np.float32))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=1, keepdims=True))  # (N, K), stable
+    return z / z.sum(axis=1, keepdims=True)
