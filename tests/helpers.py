@@ -17,6 +17,8 @@ def minimal_config(**sections: Any) -> dict[str, Any]:
         },
         "model": {"name": "mlp", "hidden": [16]},
         "train": {"epochs": 3, "batch_size": 32, "progress": "never"},
+        # Plotting the report takes ~4 s a run; tests of the report turn it back on.
+        "report": {"enabled": False},
     }
     for key, value in sections.items():
         base[key] = copy.deepcopy(value)

@@ -760,6 +760,13 @@ class ExportConfig(Section):
     """Held-out rows in the larger of the two parity-check batches (the other has 1 row)."""
 
 
+class ReportConfig(Section):
+    """The run's report: report.html and plots/ written at the end of `dlpipe run`."""
+
+    enabled: bool = True
+    """Write the report (a few seconds of plotting); `dlpipe report RUN_DIR` writes it later."""
+
+
 class PipelineConfig(Section):
     """A whole pipeline: one section per stage."""
 
@@ -783,6 +790,9 @@ class PipelineConfig(Section):
 
     evaluate: EvaluateConfig = EvaluateConfig()
     """Metrics."""
+
+    report: ReportConfig = ReportConfig()
+    """The HTML report and its plots."""
 
     tune: TuneConfig | None = None
     """Hyperparameter search before training; off when absent."""

@@ -208,6 +208,8 @@ def enabled(stage: str, cfg: PipelineConfig) -> bool:
     """Whether `dlpipe run` runs `stage` for this config."""
     if stage in REPLACED_BY_FINETUNE and getattr(cfg, "finetune", None) is not None:
         return False
+    if stage == "report":
+        return cfg.report.enabled
     return stage not in OPTIONAL_STAGES or getattr(cfg, stage, None) is not None
 
 

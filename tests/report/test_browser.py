@@ -101,7 +101,7 @@ def chromium(tmp_path):
 
 def test_the_report_renders_in_chromium_with_every_image_and_the_exact_metrics(chromium,
                                                                                 tmp_path):
-    result = dlpipe.run(minimal_config(), run_dir=tmp_path / "run")
+    result = dlpipe.run(minimal_config(report={"enabled": True}), run_dir=tmp_path / "run")
     report = result.rundir.file(runs.REPORT)
     for domain in ("Page", "Runtime", "Log", "Network"):
         chromium.send(f"{domain}.enable")

@@ -50,7 +50,8 @@ class Page(HTMLParser):
 
 def _run(tmp_path_factory, name, source):
     folder = tmp_path_factory.mktemp("report") / name
-    return dlpipe.run(minimal_config(data={"source": source, "split": {"val": 0.2, "test": 0.2}}),
+    return dlpipe.run(minimal_config(data={"source": source, "split": {"val": 0.2, "test": 0.2}},
+                                     report={"enabled": True}),
                       run_dir=folder)
 
 
@@ -172,7 +173,8 @@ def test_regenerating_removes_plots_the_run_no_longer_has(binary, tmp_path):
 
 
 def test_compare_shows_config_differences_metrics_and_overlaid_curves(binary, tmp_path):
-    other = dlpipe.run(minimal_config(data=binary.rundir.read_yaml(runs.CONFIG)["data"],
+    other = dlpipe.run(minimal_config(report={"enabled": True},
+                                         data=binary.rundir.read_yaml(runs.CONFIG)["data"],
                                       train={"epochs": 2, "batch_size": 16, "progress": "never"}),
                        run_dir=tmp_path / "other", stages=("data", "features", "train",
                                                            "evaluate"))

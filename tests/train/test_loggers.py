@@ -22,7 +22,7 @@ TRAIN_ONLY = ("data", "features", "train")
 
 
 def _config(*loggers, epochs=3):
-    cfg = minimal_config()
+    cfg = minimal_config(report={"enabled": True})
     cfg["train"].update(loggers=list(loggers), epochs=epochs)
     return cfg
 
