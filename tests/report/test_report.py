@@ -219,3 +219,16 @@ def test_a_run_with_only_its_data_stage_still_gets_a_report(tmp_path):
     text = write_report(result.path).read_text()
     assert "The train stage has not run." in text and "The evaluate stage has not run." in text
     assert _plots(result) == ["class_balance", "feature_distributions"]
+
+
+def test_a_logger_missing_here_is_a_warning_naming_the_extra_and_the_report_is_written(
+        binary, tmp_path, monkeypatch):
+    copy = tmp_path / "run"
+    shutil.copytree(binary.path, copy)
+    (copy / runs.LOGGERS.filename).write_text(json.dumps(
+        {"mlflow": {"tracking_uri": "sqlite:///x.db", "run_id": "abc"}}))
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` raises ImportError
+    with pytest.warns(UserWarning, match=r"loggers\.json names mlflow, which is not installed "
+                                         r"here.*pip install 'dlpipe\[mlflow\]'"):
+        path = write_report(copy)
+    assert path.exists()

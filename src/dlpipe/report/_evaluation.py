@@ -30,7 +30,7 @@ from dlpipe.runs import RunDir
 # trials.csv columns that are not searched parameters (dlpipe's, and Optuna's
 # `trials_dataframe()` ones, whose parameters are `params_<name>`).
 _TRIAL_COLUMNS = {"number", "state", "value", "duration_s", "epochs", "best_epoch",
-                  "fail_reason", "datetime_start", "datetime_complete", "duration"}
+                  "fail_reason", "worker", "datetime_start", "datetime_complete", "duration"}
 
 
 def metrics_table(metrics: Mapping[str, Any], prefix: str = "") -> Html:
@@ -135,12 +135,13 @@ def tuning(rundir: RunDir, figs: Plots) -> list[str] | None:
         best = summary.get("best") or {}
         states = ", ".join(f"{k.lower()} {v}" for k, v in (summary.get("states") or {}).items()
                            if v)
-        parts.append(kv_table({"trials": summary.get("trials"), "states": states,
+        parts.append(kv_table({"objective": " ".join(str(summary.get(k, "")) for k in (
+                                   "direction", "metric")).strip() or None,
+                               "trials": summary.get("trials"), "states": states,
                                "epochs trained in all": summary.get("epochs_trained"),
                                "best trial": best.get("number"), "best value": best.get("value"),
                                "best trial's epochs": best.get("epochs")}))
-    params = [c for c in trials.columns if c not in _TRIAL_COLUMNS
-              and not c.startswith(("user_attrs_", "system_attrs_", "values_"))]
+    params = _param_columns(rundir, list(trials.columns))
     value = next((c for c in ("value", "values_0") if c in trials.columns), None)
     state = trials["state"].astype(str) if "state" in trials.columns else \
         pd.Series(["COMPLETE"] * len(trials))
@@ -156,6 +157,10 @@ def tuning(rundir: RunDir, figs: Plots) -> list[str] | None:
             parts.append(figs.add("tune_importances", plots.param_importances(importances),
                                   "parameter importances", "Impurity importances of a random "
                                   "forest fitted to the complete trials' objective values."))
+        elif rundir.has(runs.TUNE_PLOTS["importances"]):  # too few trials here; Optuna's own
+            parts.append(image(rundir.file(runs.TUNE_PLOTS["importances"]).read_bytes(),
+                               "parameter importances", "Optuna's parameter importances "
+                               "(tune/importances.png)."))
     if rundir.has(runs.TUNE_PLOTS["parallel_coordinates"]):
         png = rundir.file(runs.TUNE_PLOTS["parallel_coordinates"]).read_bytes()
         parts.append(image(png, "parallel coordinates", "Optuna's parallel coordinates plot "
@@ -164,6 +169,16 @@ def tuning(rundir: RunDir, figs: Plots) -> list[str] | None:
     parts.append(details(f"all {len(trials)} trials", Html(
         f'<div class="wide">{table(list(trials.columns), rows)}</div>')))
     return parts
+
+
+def _param_columns(rundir: RunDir, columns: list[str]) -> list[str]:
+    """The searched parameters' columns: the config's `tune.space` paths, or (for a
+    trials.csv from elsewhere) every column that is not a known bookkeeping one."""
+    space = ((read(rundir, runs.CONFIG) or {}).get("tune") or {}).get("space") or {}
+    if space:
+        return [c for c in columns if c in space]
+    return [c for c in columns if c not in _TRIAL_COLUMNS
+            and not c.startswith(("user_attrs_", "system_attrs_", "values_"))]
 
 
 def param_importances(trials: Any, params: Sequence[str], value: str,

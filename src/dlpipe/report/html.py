@@ -152,6 +152,7 @@ td { font-variant-numeric: tabular-nums; }
 table.kv th { background: #f3f5f8; font-weight: 600; }
 table.metrics td:not(:first-child) { text-align: right; }
 .wide { display: block; overflow-x: auto; max-width: 100%; }
+.wide td, .wide th { white-space: nowrap; }
 figure { margin: 8px 0 14px; }
 .row { display: flex; flex-wrap: wrap; gap: 0 16px; align-items: flex-start; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }
