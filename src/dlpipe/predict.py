@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import pandas as pd
 import torch
 
 from dlpipe import runs
+from dlpipe._prediction import Prediction
 from dlpipe.errors import DataError
 from dlpipe.features import FittedFeatures
 from dlpipe.features import load as load_features
@@ -27,26 +27,6 @@ from dlpipe.models.spec import load_network
 from dlpipe.runs import RunDir
 
 __all__ = ["Prediction", "Predictor", "load", "read_rows", "write_predictions"]
-
-
-@dataclass
-class Prediction:
-    """Predicted labels (or values) and, for classification, one probability column a class."""
-
-    labels: np.ndarray
-    """(N,) predicted class labels as in the training data, or predicted values."""
-
-    probabilities: np.ndarray | None
-    """(N, K) class probabilities in the order of `classes`; None for regression."""
-
-    classes: list[Any]
-
-    def to_frame(self) -> pd.DataFrame:
-        frame = pd.DataFrame({"prediction": self.labels})
-        if self.probabilities is not None:
-            for i, cls in enumerate(self.classes):
-                frame[f"probability_{cls}"] = self.probabilities[:, i]
-        return frame
 
 
 class Predictor:

@@ -14,40 +14,19 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from dlpipe._prediction import Prediction
 from dlpipe.errors import DataError, ExportError
 from dlpipe.export import _runtime
 from dlpipe.export.bundle import FEATURES, SIGNATURE, VARIANTS, verify_bundle
 from dlpipe.features import FittedFeatures
 
 __all__ = ["OnnxPredictor", "Prediction", "load_bundle"]
-
-
-@dataclass
-class Prediction:
-    """Predicted labels (or values) and class probabilities; the fields and meaning of
-    `dlpipe.predict.Prediction`, kept separate so that loading a bundle needs no torch."""
-
-    labels: np.ndarray
-    """(N,) predicted class labels as in the training data, or predicted values."""
-
-    probabilities: np.ndarray | None
-    """(N, K) class probabilities in the order of `classes`; None for regression."""
-
-    classes: list[Any]
-
-    def to_frame(self) -> pd.DataFrame:
-        frame = pd.DataFrame({"prediction": self.labels})
-        if self.probabilities is not None:
-            for i, cls in enumerate(self.classes):
-                frame[f"probability_{cls}"] = self.probabilities[:, i]
-        return frame
 
 
 class OnnxPredictor:
