@@ -18,8 +18,7 @@ import pandas as pd
 import torch
 
 from dlpipe import runs
-from dlpipe._prediction import Prediction
-from dlpipe.errors import DataError
+from dlpipe._prediction import Prediction, prediction_from_scores, rows_to_frame
 from dlpipe.features import FittedFeatures
 from dlpipe.features import load as load_features
 from dlpipe.models.heads import to_scores
@@ -55,36 +54,16 @@ class Predictor:
     def predict(self, rows: pd.DataFrame | np.ndarray | Sequence[Mapping[str, Any]]
                 ) -> Prediction:
         """Predict raw rows: a DataFrame, a list of dicts, or a 2-D array in column order."""
-        frame = self.fitted.inputs.validate_input(self._frame(rows), target=self.target)
+        frame = self.fitted.inputs.validate_input(
+            rows_to_frame(rows, [c["name"] for c in self.fitted.inputs.columns]),
+            target=self.target)
         x = torch.as_tensor(self.fitted.inputs.transform(frame), dtype=torch.float32)
         with torch.inference_mode():
             outputs = torch.cat([self.model(x[i:i + 4096]) for i in range(0, len(x), 4096)]
                                 ) if len(x) else torch.zeros(0, 1)
         scores = to_scores(self.task, outputs).numpy()
-        if self.task == "regression":
-            return Prediction(self.fitted.target.inverse_transform(scores), None, [])
-        if self.task == "binary":
-            probabilities = np.stack([1 - scores, scores], axis=1)
-            indices = (scores >= self.threshold).astype(np.int64)
-        else:
-            probabilities = scores
-            indices = scores.argmax(axis=1)
-        return Prediction(self.fitted.target.inverse_transform(indices), probabilities,
-                          self.classes)
+        return prediction_from_scores(self.task, scores, self.fitted.target, self.threshold)
 
-    def _frame(self, rows: Any) -> pd.DataFrame:
-        if isinstance(rows, pd.DataFrame):
-            return rows
-        if isinstance(rows, np.ndarray):
-            names = [c["name"] for c in self.fitted.inputs.columns]
-            if rows.ndim != 2 or rows.shape[1] != len(names):
-                raise DataError(f"predict: expected a 2-D array with {len(names)} columns "
-                                f"({', '.join(names)}); got shape {rows.shape}")
-            return pd.DataFrame(rows, columns=names)
-        if isinstance(rows, Sequence) and all(isinstance(r, Mapping) for r in rows):
-            return pd.DataFrame(list(rows))
-        raise DataError(f"predict: expected a DataFrame, a 2-D array or a list of dicts; got "
-                        f"{type(rows).__name__}")
 
 
 def load(run_dir: str | os.PathLike[str] | RunDir) -> Predictor:

@@ -20,8 +20,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from dlpipe._prediction import Prediction
-from dlpipe.errors import DataError, ExportError
+from dlpipe._prediction import Prediction, prediction_from_scores, rows_to_frame
+from dlpipe.errors import ExportError
 from dlpipe.export import _runtime
 from dlpipe.export.bundle import FEATURES, SIGNATURE, VARIANTS, verify_bundle
 from dlpipe.features import FittedFeatures
@@ -54,35 +54,19 @@ class OnnxPredictor:
     def predict(self, rows: pd.DataFrame | np.ndarray | Sequence[Mapping[str, Any]]
                 ) -> Prediction:
         """Predict raw rows: a DataFrame, a list of dicts, or a 2-D array in column order."""
-        frame = self.fitted.inputs.validate_input(self._frame(rows),
-                                                  target=self.signature.get("target"))
+        frame = self.fitted.inputs.validate_input(
+            rows_to_frame(rows, [c["name"] for c in self.fitted.inputs.columns]),
+            target=self.signature.get("target"))
         x = self.fitted.inputs.transform(frame)  # (N, F) float32
         outputs = _runtime.run_batched(self.session, x).astype(np.float32)  # (N, out)
-        if self.task == "regression":
-            return Prediction(self.fitted.target.inverse_transform(outputs.reshape(-1)), None, [])
         if self.task == "binary":
-            positive = _sigmoid(outputs.reshape(-1))  # (N,)
-            probabilities = np.stack([1 - positive, positive], axis=1)
-            indices = (positive >= self.threshold).astype(np.int64)
+            scores = _sigmoid(outputs.reshape(-1))  # (N,)
+        elif self.task == "multiclass":
+            scores = _softmax(outputs)  # (N, K)
         else:
-            probabilities = _softmax(outputs)  # (N, K)
-            indices = probabilities.argmax(axis=1)
-        return Prediction(self.fitted.target.inverse_transform(indices), probabilities,
-                          self.classes)
+            scores = outputs.reshape(-1)
+        return prediction_from_scores(self.task, scores, self.fitted.target, self.threshold)
 
-    def _frame(self, rows: Any) -> pd.DataFrame:
-        if isinstance(rows, pd.DataFrame):
-            return rows
-        if isinstance(rows, np.ndarray):
-            names = [c["name"] for c in self.fitted.inputs.columns]
-            if rows.ndim != 2 or rows.shape[1] != len(names):
-                raise DataError(f"predict: expected a 2-D array with {len(names)} columns "
-                                f"({', '.join(names)}); got shape {rows.shape}")
-            return pd.DataFrame(rows, columns=names)
-        if isinstance(rows, Sequence) and all(isinstance(r, Mapping) for r in rows):
-            return pd.DataFrame(list(rows))
-        raise DataError(f"predict: expected a DataFrame, a 2-D array or a list of dicts; got "
-                        f"{type(rows).__name__}")
 
 
 def load_bundle(path: str | os.PathLike[str], *,
