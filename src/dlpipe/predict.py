@@ -54,10 +54,10 @@ class Predictor:
     def predict(self, rows: pd.DataFrame | np.ndarray | Sequence[Mapping[str, Any]]
                 ) -> Prediction:
         """Predict raw rows: a DataFrame, a list of dicts, or a 2-D array in column order."""
-        frame = self.fitted.inputs.validate_input(
-            rows_to_frame(rows, [c["name"] for c in self.fitted.inputs.columns]),
+        frame = self.fitted.validate_input(
+            rows_to_frame(rows, self.fitted.columns),
             target=self.target)
-        x = torch.as_tensor(self.fitted.inputs.transform(frame), dtype=torch.float32)
+        x = torch.as_tensor(self.fitted.transform(frame), dtype=torch.float32)
         with torch.inference_mode():
             outputs = torch.cat([self.model(x[i:i + 4096]) for i in range(0, len(x), 4096)]
                                 ) if len(x) else torch.zeros(0, 1)

@@ -108,8 +108,8 @@ def held_out_batches(fitted: Any, rundir: RunDir, rows: int) -> tuple[Any, list[
 
     from dlpipe.export._runtime import rows_of
 
-    train_x = fitted.inputs.transform(rundir.read_split("train"))
-    held = [fitted.inputs.transform(rundir.read_split(s)) for s in ("test", "val")]
+    train_x = fitted.transform(rundir.read_split("train"))
+    held = [fitted.transform(rundir.read_split(s)) for s in ("test", "val")]
     pool = next((x for x in held if len(x)), train_x)
     example = rows_of(train_x, 2)
     big = pool[:rows] if len(pool) >= 2 else rows_of(pool, 2)

@@ -54,10 +54,10 @@ class OnnxPredictor:
     def predict(self, rows: pd.DataFrame | np.ndarray | Sequence[Mapping[str, Any]]
                 ) -> Prediction:
         """Predict raw rows: a DataFrame, a list of dicts, or a 2-D array in column order."""
-        frame = self.fitted.inputs.validate_input(
-            rows_to_frame(rows, [c["name"] for c in self.fitted.inputs.columns]),
+        frame = self.fitted.validate_input(
+            rows_to_frame(rows, self.fitted.columns),
             target=self.signature.get("target"))
-        x = self.fitted.inputs.transform(frame)  # (N, F) float32
+        x = self.fitted.transform(frame)  # (N, F) float32
         outputs = _runtime.run_batched(self.session, x).astype(np.float32)  # (N, out)
         if self.task == "binary":
             scores = _sigmoid(outputs.reshape(-1))  # (N,)

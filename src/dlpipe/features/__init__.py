@@ -56,9 +56,26 @@ class FittedFeatures:
     target: TargetEncoder
     task: str
 
+    @property
+    def columns(self) -> list[str]:
+        """The input columns the model reads, in training order."""
+        return [c["name"] for c in self.inputs.columns]
+
+    def validate_input(self, frame: pd.DataFrame, *, target: str | None = None) -> pd.DataFrame:
+        """Check raw rows before prediction; return their input columns in training order.
+
+        Raises:
+            DataError: a missing or unexpected column, or a bad value, naming column and row.
+        """
+        return self.inputs.validate_input(frame, target=target)
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """The model input of raw rows: float32 (N, F), laid out as docs/CONTRACTS.md says."""
+        return self.inputs.transform(frame)
+
     def arrays(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
         """Return X (N, F) float32 and y (N,) int64 or float32 (None without a target column)."""
-        x = self.inputs.transform(frame)
+        x = self.transform(frame)
         if self.target.name not in frame.columns:
             return x, None
         return x, self.target.transform(frame[self.target.name])
