@@ -23,3 +23,58 @@ def minimal_config(**sections: Any) -> dict[str, Any]:
     for key, value in sections.items():
         base[key] = copy.deepcopy(value)
     return base
+
+
+# -- tiny model inputs of every kind, for the tests that run over every registered model ------
+
+N_NUMERIC = 4
+IMAGE_SHAPE = (1, 12, 12)  # big enough for the tutorial CNN: 12 → 10 → 5 → 3 → 1
+VOCAB, LENGTH = 20, 6
+
+
+def input_kind(name: str) -> str:
+    """What the registered model `name` reads: `tabular`, `image`, `text` or `layout`."""
+    import inspect
+
+    from dlpipe.models import MODELS
+
+    first = next(iter(inspect.signature(MODELS.get(name)).parameters))
+    return {"in_shape": "image", "vocab_size": "text", "layout": "layout"}.get(first, "tabular")
+
+
+def tiny_layout(kind: str, cardinalities: tuple[int, ...] = ()) -> list[dict[str, Any]]:
+    """A small input layout (features.json `layout`) for a model that reads `kind`."""
+    tabular = {"name": "tabular", "kind": "tabular", "width": N_NUMERIC + len(cardinalities),
+               "n_numeric": N_NUMERIC, "cardinalities": list(cardinalities)}
+    text = {"name": "review", "kind": "text", "width": LENGTH, "vocab_size": VOCAB,
+            "length": LENGTH}
+    image = {"name": "image", "kind": "image", "width": 144, "shape": list(IMAGE_SHAPE)}
+    blocks = {"tabular": [tabular], "image": [image], "text": [text],
+              "layout": [tabular, text, image]}[kind]
+    start, out = 0, []
+    for block in blocks:
+        out.append({**block, "start": start})
+        start += block["width"]
+    return out
+
+
+def tiny_input(layout: list[dict[str, Any]], batch: int = 8, seed: int = 0) -> Any:
+    """A float32 (batch, F) input laid out as `layout`: numbers, indices, token ids with
+    trailing padding (at least one token per row), pixels."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    parts = []
+    for block in layout:
+        if block["kind"] == "tabular":
+            parts.append(torch.randn(batch, block["n_numeric"], generator=gen))
+            parts += [torch.randint(0, c, (batch, 1), generator=gen).float()
+                      for c in block["cardinalities"]]
+        elif block["kind"] == "text":
+            ids = torch.randint(2, block["vocab_size"], (batch, block["length"]), generator=gen)
+            lengths = torch.randint(1, block["length"] + 1, (batch, 1), generator=gen)
+            ids[torch.arange(block["length"]).expand(batch, -1) >= lengths] = 0
+            parts.append(ids.float())
+        else:
+            parts.append(torch.randn(batch, block["width"], generator=gen))
+    return torch.cat(parts, dim=1)

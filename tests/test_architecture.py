@@ -33,6 +33,8 @@ ALLOWED: dict[str, set[str]] = {
     # variant by reading compress/ in the run directory, never by importing compress.
     "compress": {"data", "features", "models", "train", "evaluate", "export"},
     "export": {"features", "models"},
+    # The server reads bundles (export's loader and predictor) and never imports training.
+    "serve": {"features", "export"},
 }
 # Importable from anywhere; they import no stage. `metrics` is here because train logs
 # validation metrics every epoch and must not import evaluate.

@@ -36,9 +36,17 @@ class Prediction:
 
 
 def rows_to_frame(rows: Any, columns: Sequence[str]) -> pd.DataFrame:
-    """Rows to predict as a DataFrame: a DataFrame, a 2-D array in `columns` order, or dicts."""
+    """Rows to predict as a DataFrame: a DataFrame, a 2-D array in `columns` order, or dicts.
+
+    A model with a single input column also takes a plain list of its values (texts, image
+    paths or bytes).
+    """
     if isinstance(rows, pd.DataFrame):
         return rows
+    single = list(columns)[0] if len(columns) == 1 else None
+    if (single is not None and isinstance(rows, Sequence) and not isinstance(rows, str | bytes)
+            and len(rows) and all(isinstance(r, str | bytes) for r in rows)):
+        return pd.DataFrame({single: list(rows)})
     if isinstance(rows, np.ndarray):
         if rows.ndim != 2 or rows.shape[1] != len(columns):
             raise DataError(f"predict: expected a 2-D array with {len(columns)} columns "

@@ -43,6 +43,8 @@ def run(
     from dlpipe.pipeline import run as run_pipeline
 
     result = run_pipeline(config, run_dir=run_dir, overrides=set_ or ())
+    if not result.rundir.writable:  # another process of a torchrun job: rank 0 reports
+        return
     _print_metrics(result.metrics)
     _print_compress(result.rundir)
     out.print(f"run directory: {result.path}")
@@ -168,15 +170,20 @@ def finetune(
 @app.command()
 def predict(
     rundir: RunDirArg,
-    input: Annotated[Path, typer.Argument(help="CSV, Parquet or JSON Lines rows.")],
+    input: Annotated[Path, typer.Argument(help="CSV, Parquet, JSON Lines or .npz rows, or "
+                                          "an image file or folder for an image model.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write predictions "
                                          "(.csv, .parquet or .jsonl).")],
 ) -> None:
     """Predict rows of a file with a trained run."""
     from dlpipe.predict import load, read_rows, write_predictions
 
-    prediction = load(rundir).predict(read_rows(input))
-    write_predictions(prediction, output)
+    predictor = load(rundir)
+    rows = read_rows(input, predictor.fitted)
+    prediction = predictor.predict(rows)
+    paths = [c for c in predictor.fitted.images if c in rows.columns and rows[c].map(
+        lambda v: isinstance(v, str)).all()]
+    write_predictions(prediction, output, inputs=rows[paths] if paths else None)
     out.print(f"{len(prediction.labels)} predictions written to {output}")
 
 
@@ -200,6 +207,54 @@ def export(
     signature, weights, model card."""
     path = _stage("export", rundir, set_, out=out_dir)
     out.print(f"bundle written to {path}")
+
+
+@app.command()
+def serve(
+    path: Annotated[Path, typer.Argument(help="A run directory, an export bundle, or a "
+                                              "folder of either.")],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    name: Annotated[str | None, typer.Option(help="The model's name in URLs (one bundle); "
+                                                  "default the run's name.")] = None,
+    precision: Annotated[str, typer.Option(help="fp32, int8 or fp16: the graph to run, when "
+                                                "the bundle has it.")] = "fp32",
+    workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime threads per model.")] = 1,
+    max_batch_size: Annotated[int, typer.Option(help="Most rows per ONNX Runtime call.")] = 64,
+    max_delay_ms: Annotated[float, typer.Option(help="Longest wait for a batch to "
+                                                     "fill.")] = 2.0,
+    target_p99_ms: Annotated[float | None, typer.Option(
+        help="Tune max batch size and delay at start-up for this p99 latency.")] = None,
+    max_queue: Annotated[int, typer.Option(help="Waiting requests per model before "
+                                                "503.")] = 1024,
+    max_rows: Annotated[int, typer.Option(help="Rows per request.")] = 1024,
+    max_body_bytes: Annotated[int, typer.Option(help="Request body limit (after "
+                                                     "decompression).")] = 1 << 20,
+    timeout_s: Annotated[float, typer.Option(help="Per-request deadline (504).")] = 10.0,
+    drift_threshold: Annotated[float, typer.Option(help="PSI that logs a drift "
+                                                        "alert.")] = 0.2,
+    log_requests: Annotated[Path | None, typer.Option(help="JSON Lines file for sampled "
+                                                           "requests and predictions.")] = None,
+    log_sample_rate: Annotated[float, typer.Option(help="Share of requests "
+                                                        "logged.")] = 1.0,
+) -> None:
+    """Serve bundles over HTTP: /predict on raw rows, the KServe v2 protocol, /metrics
+    (docs/SERVE.md). Runs until SIGTERM or Ctrl-C, then drains in-flight requests."""
+    from pydantic import ValidationError
+
+    from dlpipe.errors import ConfigError
+    from dlpipe.serve import ServeSettings
+    from dlpipe.serve import serve as run_server
+
+    options = {k: v for k, v in locals().items() if k != "ValidationError"
+               and k not in ("ConfigError", "ServeSettings", "run_server")}
+    try:
+        settings = ServeSettings(**options)
+    except ValidationError as exc:
+        raise ConfigError([(f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}", e["msg"])
+                           for e in exc.errors()]) from None
+    run_server(settings)
 
 
 @app.command()
@@ -240,8 +295,9 @@ def _print_compress(rundir: Any) -> None:
 def _stage(stage: str, path: Path, overrides: list[str] | None, **options: Any) -> Any:
     from dlpipe.pipeline import load_run_config, run_stage
     from dlpipe.runs import RunDir
+    from dlpipe.train.distributed import is_main_process
 
-    rundir = RunDir.open(path)
+    rundir = RunDir.open(path, writable=is_main_process())  # under torchrun, rank 0 writes
     cfg = load_run_config(rundir, overrides or ())
     return run_stage(stage, cfg, rundir, **options)
 

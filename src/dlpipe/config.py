@@ -69,31 +69,38 @@ class SourceConfig(Section):
     """Where the table comes from: a file, or a data set bundled with scikit-learn."""
 
     path: str | None = None
-    """A CSV, Parquet, JSON Lines or .npz file, relative to the config file's folder."""
+    """A CSV, Parquet, JSON Lines or .npz file, or a folder with one sub-folder per class of
+    images or `.txt` files; relative to the config file's folder."""
 
-    format: Literal["auto", "csv", "parquet", "jsonl", "npz"] = "auto"
-    """File format; `auto` goes by the file's extension."""
+    format: Literal["auto", "csv", "parquet", "jsonl", "npz", "images", "text"] = "auto"
+    """File format; `auto` goes by the file's extension, or for a folder by what it holds."""
 
     builtin: (
         Literal[
             "breast_cancer", "wine", "iris", "diabetes", "digits",
-            "make_classification", "make_regression",
+            "make_classification", "make_regression", "reviews", "returns",
         ]
         | None
     ) = None
-    """A data set that ships with scikit-learn, or one of its generators (target: `target`)."""
+    """A data set that ships with scikit-learn, one of its generators, `reviews` (a generated
+    sentiment corpus whose labels need word order; target `target`) or `returns` (orders with
+    numeric, categorical, binary and text columns; target `returned`)."""
 
     params: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments of the generator (`n_samples`, `n_features`, `random_state`, ...)."""
+    """Keyword arguments of the generator (`n_samples`, `n_features`, `random_state`, ...);
+    `digits` takes `as_images: true` (8x8 images instead of 64 pixel columns); `reviews` and
+    `returns` take `n` and `seed`."""
 
     @model_validator(mode="after")
     def _one_source(self) -> SourceConfig:
         if (self.path is None) == (self.builtin is None):
             raise ValueError("give exactly one of `path` or `builtin`")
-        if self.params and self.builtin not in ("make_classification", "make_regression"):
-            raise ValueError("`params` only applies to builtin make_classification/make_regression")
+        if self.params and self.builtin not in _TAKES_PARAMS:
+            raise ValueError(f"`params` only applies to builtin {', '.join(_TAKES_PARAMS)}")
         return self
 
+
+_TAKES_PARAMS = ("make_classification", "make_regression", "digits", "reviews", "returns")
 
 MissingStrategy = Literal["mean", "median", "most_frequent", "constant", "drop"]
 
@@ -152,6 +159,9 @@ class CleanConfig(Section):
     outliers: OutlierConfig | None = None
     """Outlier handling; off when absent."""
 
+    bad_images: Literal["error", "skip"] = "error"
+    """An unreadable image: fail naming its path and row, or drop the row and count it."""
+
 
 class SplitConfig(Section):
     """How rows are divided into train / val / test."""
@@ -203,7 +213,7 @@ class LeakageConfig(Section):
     """Allow validation/test rows earlier than the latest training row under a time split."""
 
 
-ColumnKind = Literal["numeric", "categorical", "binary", "ignore"]
+ColumnKind = Literal["numeric", "categorical", "binary", "text", "image", "ignore"]
 
 
 class DataConfig(Section):
@@ -219,7 +229,8 @@ class DataConfig(Section):
     """`auto` infers it from the target: text, bool or few integer values → classification."""
 
     columns: dict[str, ColumnKind] = Field(default_factory=dict)
-    """Override the inferred kind of a column; `ignore` drops it."""
+    """Override the inferred kind of a column; `ignore` drops it. `text` (free text, tokenized)
+    and `image` (paths, or image bytes) are inferred from the values when they are clear."""
 
     drop_columns: list[str] = Field(default_factory=list)
     """Columns dropped on load (ids, leaky fields)."""
@@ -243,6 +254,53 @@ NumericScaling = Literal["standardize", "minmax", "robust", "none"]
 CategoricalEncoding = Literal["onehot", "embedding"]
 
 
+class TextFeaturesConfig(Section):
+    """Tokenization of text columns, fitted on the training split (vocabulary or subwords)."""
+
+    tokenizer: Literal["word", "bpe", "wordpiece"] = "word"
+    """`word`: regex split into words; `bpe` / `wordpiece`: subwords trained with Hugging Face
+    tokenizers."""
+
+    lowercase: bool = True
+    """Lowercase texts before tokenizing."""
+
+    pattern: str = r"\w+|[^\w\s]"
+    """Regular expression matching one word-level token."""
+
+    min_frequency: int = Field(default=1, ge=1)
+    """Tokens seen fewer times in training map to the out-of-vocabulary id."""
+
+    max_vocab: int = Field(default=20000, ge=10)
+    """Largest vocabulary, special tokens included."""
+
+    max_length: int | None = Field(default=None, ge=1)
+    """Tokens kept per text (longer ones are truncated, shorter ones padded); default: the
+    `length_percentile` of the training lengths."""
+
+    length_percentile: float = Field(default=95.0, gt=0, le=100)
+    """Percentile of training token counts used as the length when `max_length` is unset."""
+
+    truncation: Literal["end", "start"] = "end"
+    """Which end of a long text is cut."""
+
+
+class ImageFeaturesConfig(Section):
+    """Preprocessing of image columns, fitted on the training split."""
+
+    size: tuple[int, int] | None = None
+    """[height, width] every image is resized to; unset: all images must share one size."""
+
+    channels: Literal["auto", "grayscale", "rgb"] = "auto"
+    """Colour channels fed to the model; `auto`: 1 if every training image is grayscale."""
+
+    scale: Literal["auto", "none"] | float = "auto"
+    """To [0, 1]: `auto` divides 8-bit images by 255 and maps other arrays by the training
+    minimum and maximum; a number divides by it; `none` leaves values as they are."""
+
+    normalize: bool = True
+    """Subtract the per-channel training mean and divide by the standard deviation."""
+
+
 class FeaturesConfig(Section):
     """Preprocessing fitted on the training split only and saved as features.json."""
 
@@ -263,6 +321,12 @@ class FeaturesConfig(Section):
 
     scale_target: bool = True
     """Standardize a regression target for training; predictions are mapped back."""
+
+    text: TextFeaturesConfig = TextFeaturesConfig()
+    """Tokenization of text columns."""
+
+    image: ImageFeaturesConfig = ImageFeaturesConfig()
+    """Preprocessing of image columns."""
 
 
 class ModelConfig(Component):
@@ -373,6 +437,10 @@ class TrainConfig(Section):
     log_param_stats: bool = True
     """Record every parameter's weight histogram and gradient norm each epoch in
     param_stats.jsonl, for the report (train stage only; gradients of each epoch's last step)."""
+
+    augment: list[Component] = Field(default_factory=list)
+    """Image augmentations applied to training batches, in order (`random_crop`, `hflip`,
+    `rotation`, `mixup`, ...; see `dlpipe.train.augment`); never to validation or test."""
 
     loggers: list[Component] = Field(default_factory=list)
     """Experiment loggers: `tensorboard` (needs `pip install 'dlpipe[tensorboard]'`),

@@ -24,6 +24,7 @@ from dlpipe.runs import RunDir
 
 if TYPE_CHECKING:
     from dlpipe.finetune import Finetuned
+    from dlpipe.train.distributed import Group
 
 #: Every stage in pipeline order: name → "module:function" of its `run(cfg, rundir, **options)`.
 #: Imported only when the stage runs, so `import dlpipe` stays light.
@@ -69,7 +70,7 @@ def check(cfg: PipelineConfig) -> None:
     """
     from dlpipe._signature import check_kwargs
     from dlpipe.metrics import METRICS
-    from dlpipe.models import MODELS
+    from dlpipe.models import MODELS, SUPPLIED
     from dlpipe.models.init import INITS
     from dlpipe.train import LOSSES, OPTIMIZERS, SCHEDULERS
 
@@ -83,13 +84,17 @@ def check(cfg: PipelineConfig) -> None:
             return
         problems.extend(check_kwargs(builder, comp.kwargs, path, skip=skip))
 
-    component(MODELS, cfg.model, "model", ("in_features", "out_features", "cardinalities"))
+    component(MODELS, cfg.model, "model", SUPPLIED)
     if cfg.model.init is not None:
         try:
             INITS.get(cfg.model.init, path="model.init")
         except ConfigError as exc:
             problems.extend(exc.problems)
     tc = cfg.train
+    if tc.augment:
+        from dlpipe.train.augment import augment_problems
+
+        problems.extend(augment_problems(tc.augment, "train.augment"))
     component(OPTIMIZERS, tc.optimizer, "train.optimizer", ("params",))
     if tc.loss is not None:
         component(LOSSES, tc.loss, "train.loss", ())
@@ -146,6 +151,9 @@ def run(
         overrides: ``a.b.c=VALUE`` items applied to the config.
         data: a pandas DataFrame, or ``(X, y)`` NumPy arrays, used instead of `data.source`.
 
+    Under ``torchrun`` with several processes, every process calls this: see
+    `_run_distributed`. Ranks other than 0 return with empty metrics.
+
     Example:
         >>> result = dlpipe.run("examples/quickstart.yaml", overrides=["train.epochs=5"])
         >>> result.metrics["test"]["accuracy"]
@@ -155,9 +163,12 @@ def run(
     if data is None and cfg.data.source is None:
         raise ConfigError([("data.source", "required unless data is passed from Python "
                                            "(dlpipe.run(config, data=frame))")])
-    rundir = RunDir.create(run_dir or default_run_dir(cfg))
-    rundir.write_yaml(runs.CONFIG, to_dict(cfg))
-    rundir.write_json(runs.RUN_INFO, {"command": command_line(), "stages": {}})
+    from dlpipe.train.distributed import join
+
+    group = join(cfg)  # None unless torchrun started several processes
+    if group is not None:
+        return _run_distributed(cfg, group, run_dir, data, stages)
+    rundir = _new_run(cfg, run_dir or default_run_dir(cfg))
     try:
         run_stage("data", cfg, rundir, data=data)
     except DlpipeError:
@@ -171,6 +182,63 @@ def run(
     metrics = rundir.read_json(runs.METRICS) if rundir.has(runs.METRICS) else {}
     history = rundir.read_jsonl(runs.HISTORY) if rundir.has(runs.HISTORY) else []
     return Result(rundir, metrics, history)
+
+
+def _new_run(cfg: PipelineConfig, path: str | os.PathLike[str]) -> RunDir:
+    rundir = RunDir.create(path)
+    rundir.write_yaml(runs.CONFIG, to_dict(cfg))
+    rundir.write_json(runs.RUN_INFO, {"command": command_line(), "stages": {}})
+    return rundir
+
+
+def _run_distributed(cfg: PipelineConfig, group: Group, run_dir: str | os.PathLike[str] | None,
+                     data: Any, stages: Iterable[str]) -> Result:
+    """`run` in one process of a torchrun job (see `dlpipe.train.distributed`).
+
+    Rank 0 runs the stages before train while the other ranks wait; every rank trains its
+    share; rank 0 alone runs the stages after train. A job that torchrun restarted continues
+    in the same run directory: the stages run.json records as done are skipped, and training
+    resumes from the last complete checkpoint.
+    """
+    for section, instead in (("tune", "`dlpipe tune CONFIG --run-dir RUN_DIR` first"),
+                             ("finetune", "`dlpipe finetune` in one process")):
+        if getattr(cfg, section, None) is not None:
+            raise ConfigError([(section, f"torchrun distributes the train stage only; run "
+                                         f"{instead}, then `torchrun ... -m dlpipe train "
+                                         f"RUN_DIR` to train on several processes")])
+    path = Path(run_dir) if run_dir is not None else group.default_run_dir(cfg.name or "run")
+    todo = ["data", *(s for s in stages if s != "data" and enabled(s, cfg))]
+    cut = todo.index("train") if "train" in todo else len(todo)
+    if group.is_main:
+        restarted = group.restart_count > 0 and (path / runs.CONFIG.filename).is_file()
+        rundir = RunDir.open(path) if restarted else _new_run(cfg, path)
+        for stage in todo[:cut]:
+            if stage in _done(rundir):
+                continue
+            try:
+                run_stage(stage, cfg, rundir, **({"data": data} if stage == "data" else {}))
+            except DlpipeError:
+                if stage == "data" and not restarted:  # as in `run`: nothing made, nothing left
+                    shutil.rmtree(rundir.path, ignore_errors=True)
+                raise
+    group.barrier()  # the other ranks read the splits and features rank 0 wrote
+    if not group.is_main:
+        rundir = group.open_replica(path)
+    mine = todo[cut:] if group.is_main else todo[cut:cut + 1]  # the other ranks: train only
+    for stage in mine:
+        if stage not in _done(rundir):
+            run_stage(stage, cfg, rundir)
+    if not group.is_main:
+        return Result(rundir, {}, [])  # rank 0 evaluates and reports
+    metrics = rundir.read_json(runs.METRICS) if rundir.has(runs.METRICS) else {}
+    history = rundir.read_jsonl(runs.HISTORY) if rundir.has(runs.HISTORY) else []
+    return Result(rundir, metrics, history)
+
+
+def _done(rundir: RunDir) -> set[str]:
+    """The stages that finished in `rundir` (run.json records each one's time at its end)."""
+    return set(rundir.read_json(runs.RUN_INFO).get("stages", {})) if rundir.has(
+        runs.RUN_INFO) else set()
 
 
 def finetune(

@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 from dlpipe import runs
-from dlpipe._prediction import Prediction, prediction_from_scores, rows_to_frame
+from dlpipe._prediction import Prediction, prediction_from_scores
+from dlpipe.errors import DataError
 from dlpipe.features import FittedFeatures
 from dlpipe.features import load as load_features
 from dlpipe.models.heads import to_scores
@@ -55,7 +56,7 @@ class Predictor:
                 ) -> Prediction:
         """Predict raw rows: a DataFrame, a list of dicts, or a 2-D array in column order."""
         frame = self.fitted.validate_input(
-            rows_to_frame(rows, self.fitted.columns),
+            self.fitted.frame_of(rows),
             target=self.target)
         x = torch.as_tensor(self.fitted.transform(frame), dtype=torch.float32)
         with torch.inference_mode():
@@ -78,22 +79,46 @@ def load(run_dir: str | os.PathLike[str] | RunDir) -> Predictor:
     return Predictor(fitted, model, threshold=threshold, target=target)
 
 
-def read_rows(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read CSV, Parquet or JSON Lines rows to predict on."""
+def read_rows(path: str | os.PathLike[str], fitted: FittedFeatures | None = None
+              ) -> pd.DataFrame:
+    """Read rows to predict on: CSV, Parquet, JSON Lines or .npz (arrays of images too), or,
+    for a model whose one input is an image column, an image file or a folder of them (every
+    image below it, in sorted order; the table's column is named after the model's)."""
     from dlpipe.config import SourceConfig
     from dlpipe.data import load_table
+    from dlpipe.data.images import IMAGE_EXTENSIONS
 
-    return load_table(SourceConfig(path=str(path)))
+    where = Path(path)
+    image_input = fitted is not None and len(fitted.columns) == 1 and bool(fitted.images)
+    if image_input and (where.is_dir() or where.suffix.lower() in IMAGE_EXTENSIONS):
+        files = [where] if where.is_file() else sorted(
+            f for f in where.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+            and not any(part.startswith(".") for part in f.relative_to(where).parts))
+        if not files:
+            raise DataError(f"input: no images ({', '.join(IMAGE_EXTENSIONS)}) in "
+                            f"{str(where)!r}")
+        return pd.DataFrame({fitted.columns[0]: [str(f.resolve()) for f in files]})
+    if where.is_dir():
+        raise DataError(f"input: {str(where)!r} is a folder; predict reads a CSV, Parquet, "
+                        f"JSON Lines or .npz file (a folder of images only for an image model)")
+    frame = load_table(SourceConfig(path=str(path)))
+    if fitted is not None and list(frame.columns[:1]) == ["image"] and len(fitted.images) == 1:
+        frame = frame.rename(columns={"image": next(iter(fitted.images))})  # arrays from .npz
+    return frame
 
 
-def write_predictions(prediction: Prediction, path: str | os.PathLike[str]) -> Path:
-    """Write predictions as CSV, Parquet or JSON Lines (by extension), atomically."""
+def write_predictions(prediction: Prediction, path: str | os.PathLike[str], *,
+                      inputs: pd.DataFrame | None = None) -> Path:
+    """Write predictions as CSV, Parquet or JSON Lines (by extension), atomically; `inputs`
+    columns (e.g. the image paths) come first, to tell the rows apart."""
     import io
 
     from dlpipe.runs import atomic_write
 
     out = Path(path)
     frame = prediction.to_frame()
+    if inputs is not None:
+        frame = pd.concat([inputs.reset_index(drop=True), frame], axis=1)
     buffer = io.BytesIO()
     suffix = out.suffix.lower()
     if suffix == ".parquet":

@@ -108,8 +108,11 @@ class RunDir:
         0.97
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, writable: bool = True) -> None:
         self.path = Path(path)
+        self.writable = writable
+        """False in the other processes of a torchrun job: they read what rank 0 writes and
+        their writes are skipped (rank 0 writes the same content)."""
         self._cache: dict[str, Any] = {}
 
     def __repr__(self) -> str:
@@ -130,9 +133,9 @@ class RunDir:
         return rundir
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> RunDir:
+    def open(cls, path: str | os.PathLike[str], *, writable: bool = True) -> RunDir:
         """Open an existing run directory and sweep temporary files a crash left behind."""
-        rundir = cls(path)
+        rundir = cls(path, writable=writable)
         if not rundir.path.is_dir():
             raise RunDirError(f"run directory: {rundir.path} does not exist")
         if not (rundir.path / CONFIG.filename).is_file():
@@ -163,7 +166,8 @@ class RunDir:
 
     def write_bytes(self, artifact: Artifact | str, data: bytes) -> Path:
         path = self.path / (artifact.filename if isinstance(artifact, Artifact) else artifact)
-        atomic_write(path, data)
+        if self.writable:
+            atomic_write(path, data)
         return path
 
     def write_json(self, artifact: Artifact, obj: Any) -> Path:
@@ -238,6 +242,8 @@ class RunDir:
         """
         root = self.path / _CHECKPOINTS
         name = f"epoch-{epoch:04d}"
+        if not self.writable:
+            return root / name
         tmp = root / f".{name}{_TMP_SUFFIX}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -268,12 +274,15 @@ class RunDir:
         return tensors, json.loads((folder / "state.json").read_text())
 
     def clear_checkpoints(self) -> None:
-        shutil.rmtree(self.path / _CHECKPOINTS, ignore_errors=True)
+        if self.writable:
+            shutil.rmtree(self.path / _CHECKPOINTS, ignore_errors=True)
 
     # -- housekeeping -------------------------------------------------------------------
 
     def sweep(self) -> list[Path]:
         """Remove temporary files and folders an interrupted write left behind."""
+        if not self.writable:  # they may be rank 0's writes in progress
+            return []
         stray = list(self.path.rglob(f".*{_TMP_SUFFIX}"))
         for path in stray:
             if path.is_dir():

@@ -60,7 +60,12 @@ def test_run_writes_features_json_that_load_reads_back(tmp_path):
     document = json.loads(rundir.file(runs.FEATURES).read_text())
     assert document["version"] == features.FORMAT_VERSION
     assert document["task"] == "binary"
-    assert set(document) == {"version", "task", "inputs", "target"}
+    assert set(document) == {"version", "task", "inputs", "text", "images", "order", "layout",
+                             "target"}
+    n_numeric = fitted.inputs.n_numeric_
+    assert document["layout"] == [{"name": "tabular", "kind": "tabular", "start": 0,
+                                   "width": n_numeric + 1, "n_numeric": n_numeric,
+                                   "cardinalities": [4]}]
     loaded = features.load(RunDir(rundir.path))  # a fresh RunDir: read from disk
     for name in runs.SPLITS:
         x, y = fitted.arrays(rundir.read_split(name))

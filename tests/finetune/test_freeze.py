@@ -16,6 +16,7 @@ from dlpipe.finetune._freeze import set_optimized
 from dlpipe.models import MODELS, build
 from dlpipe.train import Callback, TensorBatches, fit
 from dlpipe.train import build_optimizer as _build_optimizer
+from helpers import input_kind, tiny_layout
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -50,7 +51,8 @@ def _train(model, callbacks, epochs, *, lr=1e-2):
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_all_but_head_freezes_everything_outside_the_last_block_of_every_model(name):
-    model = build(name, 4, 3, cardinalities=(3, 7))  # embeddings give every model 2+ blocks
+    # embeddings give every tabular model 2+ blocks; the others have their own encoders
+    model = build(name, 4, 3, cardinalities=(3, 7), layout=tiny_layout(input_kind(name), (3, 7)))
     blocks = blocks_of(model)
     head = [b for b in blocks if b.has_parameters][-1]
     plan = freeze_plan(model, "all_but_head")

@@ -15,22 +15,23 @@ from torch import nn
 from dlpipe._signature import check_kwargs
 from dlpipe.errors import ConfigError
 from dlpipe.models import MODELS, SUPPLIED, build
+from helpers import input_kind, tiny_input, tiny_layout
 
 N_NUMERIC = 4
 CARDINALITIES = (3, 7)  # two embedded categoricals; index 0 is the unseen bucket
 
 
-def tiny_batch(cardinalities: Sequence[int] = (), batch: int = 8, seed: int = 0) -> torch.Tensor:
-    """A float32 (batch, N_NUMERIC + len(cardinalities)) input in the features' layout."""
-    gen = torch.Generator().manual_seed(seed)
-    numeric = torch.randn(batch, N_NUMERIC, generator=gen)  # (B, n_numeric)
-    index = [torch.randint(0, c, (batch, 1), generator=gen).float() for c in cardinalities]
-    return torch.cat([numeric, *index], dim=1)  # (B, F)
+def tiny_batch(cardinalities: Sequence[int] = (), batch: int = 8, seed: int = 0,
+               name: str = "mlp") -> torch.Tensor:
+    """A float32 (batch, F) input in the layout model `name` reads (tabular: N_NUMERIC
+    numbers then one index per categorical; image, text or mixed blocks otherwise)."""
+    return tiny_input(tiny_layout(input_kind(name), tuple(cardinalities)), batch, seed)
 
 
 def tiny_model(name: str, out_features: int, cardinalities=(), seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return build(name, N_NUMERIC, out_features, cardinalities=cardinalities)
+    return build(name, N_NUMERIC, out_features, cardinalities=cardinalities,
+                 layout=tiny_layout(input_kind(name), tuple(cardinalities)))
 
 
 with_and_without_categoricals = pytest.mark.parametrize(
@@ -48,7 +49,7 @@ def test_every_model_maps_a_batch_to_one_row_of_outputs_per_example(
     name, out_features, cardinalities
 ):
     model = tiny_model(name, out_features, cardinalities)
-    out = model(tiny_batch(cardinalities, batch=8))
+    out = model(tiny_batch(cardinalities, batch=8, name=name))
     assert out.shape == (8, out_features)
     assert out.dtype == torch.float32
 
@@ -57,7 +58,7 @@ def test_every_model_maps_a_batch_to_one_row_of_outputs_per_example(
 @with_and_without_categoricals
 def test_every_model_gives_finite_gradients_to_every_parameter(name, cardinalities):
     model = tiny_model(name, 3, cardinalities).train()
-    model(tiny_batch(cardinalities)).square().mean().backward()
+    model(tiny_batch(cardinalities, name=name)).square().mean().backward()
     for pname, param in model.named_parameters():
         assert param.grad is not None, f"{name}: {pname} got no gradient"
         assert torch.isfinite(param.grad).all(), f"{name}: {pname} has a non-finite gradient"
@@ -66,7 +67,7 @@ def test_every_model_gives_finite_gradients_to_every_parameter(name, cardinaliti
 @pytest.mark.parametrize("name", MODELS.names())
 @with_and_without_categoricals
 def test_every_model_is_reproducible_from_the_seed(name, cardinalities):
-    x = tiny_batch(cardinalities)
+    x = tiny_batch(cardinalities, name=name)
     first = tiny_model(name, 3, cardinalities, seed=0).eval()(x)
     again = tiny_model(name, 3, cardinalities, seed=0).eval()(x)
     other = tiny_model(name, 3, cardinalities, seed=1).eval()(x)
@@ -80,9 +81,9 @@ def test_every_model_exports_with_a_dynamic_batch_axis(name):
     model = tiny_model(name, 3, CARDINALITIES).eval()
     batch = torch.export.Dim("batch")
     program = torch.export.export(
-        model, (tiny_batch(CARDINALITIES, batch=2),), dynamic_shapes=({0: batch},)
+        model, (tiny_batch(CARDINALITIES, batch=2, name=name),), dynamic_shapes=({0: batch},)
     )
-    x = tiny_batch(CARDINALITIES, batch=5, seed=1)  # 5 != 2: the batch axis is really dynamic
+    x = tiny_batch(CARDINALITIES, batch=5, seed=1, name=name)  # 5 != 2: a dynamic batch axis
     # The same fp32 kernels run in both, so the outputs agree to the bit up to summation order.
     torch.testing.assert_close(program.module()(x), model(x), rtol=1e-6, atol=1e-6)
 
@@ -95,13 +96,13 @@ def test_every_model_exports_to_onnx_and_matches_pytorch(name, tmp_path):
     model = tiny_model(name, 3, CARDINALITIES).eval()
     program = torch.onnx.export(
         model,
-        (tiny_batch(CARDINALITIES, batch=2),),
+        (tiny_batch(CARDINALITIES, batch=2, name=name),),
         dynamo=True,
         dynamic_shapes=({0: torch.export.Dim("batch")},),
     )
     program.save(str(tmp_path / "model.onnx"))
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    x = tiny_batch(CARDINALITIES, batch=5, seed=1)
+    x = tiny_batch(CARDINALITIES, batch=5, seed=1, name=name)
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     # Same fp32 ops in both runtimes; only summation-order rounding differs.
     torch.testing.assert_close(torch.from_numpy(got), model(x).detach(), rtol=1e-5, atol=1e-5)

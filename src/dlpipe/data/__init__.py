@@ -1,8 +1,9 @@
 """The data stage: load, clean, split and check the table; write the splits, schema and profile.
 
 Order (each step counted in data_profile.json): load → drop listed/ignored columns → target
-check → exact duplicates → column kinds and task → split → leakage guard → missing inputs →
-outliers (fitted on train) → constant columns (on train) → class imbalance (train only).
+check → exact duplicates → column kinds and task → texts and images checked (unreadable
+images fail or are skipped) → split → leakage guard → missing inputs → outliers (fitted on
+train) → constant columns (on train) → class imbalance (train only).
 Nothing is written until every check has passed.
 """
 
@@ -18,7 +19,7 @@ import pandas as pd
 from dlpipe import runs
 from dlpipe.config import DataConfig, PipelineConfig
 from dlpipe.data import clean
-from dlpipe.data._infer import infer_kinds, infer_task
+from dlpipe.data._infer import MEDIA_KINDS, infer_kinds, infer_task
 from dlpipe.data._leakage import check_leakage
 from dlpipe.data._messages import counts_by_label, unknown_column
 from dlpipe.data.load import frame_from_arrays, load_table, resolve_format
@@ -84,6 +85,8 @@ def run(cfg: PipelineConfig, rundir: runs.RunDir, frame: pd.DataFrame | None = N
                         f"the columns set to ignore")
     overrides = {c: k for c, k in data.columns.items() if k != "ignore"}
     table, kinds, infinite = infer_kinds(table, inputs, overrides)
+    table = _check_media(table, kinds, data, source, profile,
+                         same_size=cfg.features.image.size is None)
     task, classes, table[data.target] = infer_task(table[data.target], data.task, data.target)
     if data.imbalance != "none" and task == "regression":
         raise DataError(f"data.imbalance: {data.imbalance!r} applies to classification; the "
@@ -177,8 +180,9 @@ def _after_split(
     profile: dict[str, Any],
 ) -> tuple[dict[str, pd.DataFrame], dict[str, str], dict[str, Any]]:
     """Missing inputs, outliers, constant columns, imbalance; return what features must fit."""
-    splits, profile["missing"], missing = clean.handle_missing(splits, kinds, data.clean.missing)
-    splits, profile["outliers"], clip = clean.handle_outliers(splits, kinds, data.clean.outliers)
+    tabular = {c: k for c, k in kinds.items() if k not in MEDIA_KINDS}
+    splits, profile["missing"], missing = clean.handle_missing(splits, tabular, data.clean.missing)
+    splits, profile["outliers"], clip = clean.handle_outliers(splits, tabular, data.clean.outliers)
     constant: list[str] = []
     if data.clean.drop_constant:
         splits, constant = clean.drop_constant(splits, list(kinds))
@@ -236,6 +240,35 @@ def _load(data: DataConfig, frame: pd.DataFrame | None) -> tuple[pd.DataFrame, d
         where = "frame" if frame is not None else "data.source"
         raise DataError(f"{where}: column names appear more than once: {', '.join(repeated)}")
     return table.reset_index(drop=True), source
+
+
+def _check_media(table: pd.DataFrame, kinds: dict[str, str], data: DataConfig,
+                 source: dict[str, Any], profile: dict[str, Any], *,
+                 same_size: bool) -> pd.DataFrame:
+    """Refuse bad texts; make image paths absolute and refuse (or skip) unreadable images,
+    and images of mixed sizes when `same_size` (nothing will resize them).
+
+    Relative image paths are relative to the data file's folder, so a run reads the same
+    files wherever it is started from.
+    """
+    for column, kind in kinds.items():
+        if kind == "text":
+            from dlpipe.data.text import check_text
+
+            check_text(table[column], column)
+        elif kind == "image":
+            from dlpipe.data.images import check_images, resolve_paths
+
+            base = Path(source["path"]).parent if source.get("kind") == "file" else Path.cwd()
+            if table[column].map(lambda v: isinstance(v, str)).any():
+                table = table.assign(**{column: resolve_paths(table[column], base)})
+            table, skipped = check_images(table, column, policy=data.clean.bad_images,
+                                          same_size=same_size)
+            profile.setdefault("bad_images_skipped", {})[column] = {
+                "count": len(skipped), "examples": skipped[:10]}
+    if len(table) == 0:
+        raise DataError("data.clean.bad_images: every row was skipped; no image could be read")
+    return table
 
 
 def _roles(data: DataConfig) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """Infer the kind of every input column and the task from the target, before splitting.
 
-Kinds: bool or exactly two distinct values → `binary`; numeric dtype → `numeric`; text →
-`categorical`, unless every non-missing value parses as a number (→ `numeric`, converted).
+Kinds: bool or exactly two distinct values → `binary`; numeric dtype → `numeric`; bytes, or
+strings that all name image files → `image`; strings of several words, mostly distinct →
+`text`; other strings → `categorical`, unless every non-missing value parses as a number
+(→ `numeric`, converted).
 A text column where nearly every value is a number but a few are not (``'?'``, ``'n/a'``) is
 almost always a numeric column with stray markers, so it fails with the row and value rather
 than silently turning into a categorical column; `data.columns` overrides any inference.
@@ -20,6 +22,10 @@ from dlpipe.errors import DataError
 
 _MOSTLY_NUMERIC = 0.9  # share of parseable values above which stray text is an error
 _MAX_CLASS_VALUES = 20  # an integer target with at most this many values is a class label
+_TEXT_WORDS = 4.0  # mean words per value from which a mostly distinct string column is text
+_TEXT_DISTINCT = 0.5  # ... and the share of distinct values it needs
+MEDIA_KINDS = ("text", "image")
+"""Kinds that are not tabular: no missing-value filling, scaling or outlier handling."""
 
 
 def infer_kinds(
@@ -66,6 +72,9 @@ def _infer_kind(name: str, column: pd.Series) -> str:
         # A glance at the first rows settles most columns without hashing all of them.
         many = column.iloc[:1000].nunique(dropna=True) > 2 or column.nunique(dropna=True) != 2
         return "numeric" if many else "binary"
+    media = _media_kind(column)
+    if media is not None:
+        return media
     uniques = column.dropna().unique()
     if len(uniques) == 2:
         return "binary"
@@ -80,6 +89,29 @@ def _infer_kind(name: str, column: pd.Series) -> str:
     if 1 - column.isin(stray).sum() / present >= _MOSTLY_NUMERIC:
         _as_numeric(name, column, forced=False)  # raises, naming the first bad row
     return "categorical"
+
+
+def _media_kind(column: pd.Series) -> str | None:
+    """`image` or `text` when the values leave no doubt, else None (a sample decides)."""
+    if column.dtype != object and not pd.api.types.is_string_dtype(column.dtype):
+        return None
+    values = column.dropna()
+    sample = values.iloc[:1000] if len(values) > 1000 else values
+    if len(sample) == 0:
+        return None
+    if any(isinstance(v, bytes | bytearray) for v in sample):
+        return "image"
+    if not all(isinstance(v, str) for v in sample):
+        return None
+    from dlpipe.data.images import IMAGE_EXTENSIONS
+
+    texts = sample.astype(str)
+    if texts.str.lower().str.endswith(tuple(IMAGE_EXTENSIONS)).all():
+        return "image"
+    words = texts.str.split().str.len().mean()
+    if words >= _TEXT_WORDS and texts.nunique() >= _TEXT_DISTINCT * len(texts):
+        return "text"
+    return None
 
 
 def _as_numeric(name: str, column: pd.Series, *, forced: bool) -> pd.Series:

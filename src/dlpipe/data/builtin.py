@@ -2,7 +2,8 @@
 
 Nothing is downloaded: `breast_cancer`, `wine`, `iris`, `diabetes` and `digits` ship inside
 scikit-learn. Column names are made YAML-friendly (`sepal length (cm)` → `sepal_length_cm`;
-digits: `pixel_0` .. `pixel_63`). Generators get `random_state=0` unless given, so a config
+digits: `pixel_0` .. `pixel_63`, or with ``as_images: true`` an `image` column of 8x8 arrays
+as NPY bytes). Generators get `random_state=0` unless given, so a config
 always yields the same table.
 """
 
@@ -20,6 +21,7 @@ from dlpipe.errors import ConfigError, suggest
 TARGET = "target"
 LOADERS = ("breast_cancer", "wine", "iris", "diabetes", "digits")
 GENERATORS = ("make_classification", "make_regression")
+TEXT_GENERATORS = ("reviews", "returns")  # dlpipe's own: data/reviews.py, data/returns.py
 _SET_BY_DLPIPE = ("return_X_y", "coef")  # they change what the generator returns
 _PARAMS = "data.source.params"
 
@@ -28,7 +30,9 @@ def load_builtin(name: str, params: Mapping[str, Any] | None = None) -> pd.DataF
     """Return a bundled data set or a generated one as a DataFrame with a `target` column.
 
     Args:
-        name: one of `LOADERS` or `GENERATORS`.
+        name: one of `LOADERS`, `GENERATORS` or `TEXT_GENERATORS` (`reviews`, a sentiment
+            corpus, and `returns`, orders with numeric, categorical, binary and text columns:
+            params `n`, `seed`; see dlpipe.data.reviews and dlpipe.data.returns).
         params: keyword arguments of the generator (`n_samples`, `n_features`, ...).
 
     Raises:
@@ -44,9 +48,14 @@ def load_builtin(name: str, params: Mapping[str, Any] | None = None) -> pd.DataF
     params = dict(params or {})
     if name in GENERATORS:
         return _generate(name, params)
+    if name in TEXT_GENERATORS:
+        return _reviews(name, params)
     if name not in LOADERS:
-        raise ConfigError.unknown("builtin data set", name, LOADERS + GENERATORS,
+        raise ConfigError.unknown("builtin data set", name,
+                                  LOADERS + GENERATORS + TEXT_GENERATORS,
                                   path="data.source.builtin")
+    if name == "digits" and _as_images(params):
+        return _digits_images()
     if params:
         raise ConfigError([(_PARAMS, f"builtin {name!r} takes no params; got "
                                      f"{', '.join(sorted(params))}")])
@@ -60,6 +69,44 @@ def load_builtin(name: str, params: Mapping[str, Any] | None = None) -> pd.DataF
         features = [_sanitize(c) for c in frame.columns[:-1]]
     frame.columns = [*features, TARGET]
     return frame
+
+
+def _as_images(params: dict[str, Any]) -> bool:
+    """Pop digits' one param, `as_images` (a bool); other params are refused by the caller."""
+    value = params.pop("as_images", False)
+    if not isinstance(value, bool):
+        raise ConfigError([(f"{_PARAMS}.as_images", f"must be true or false; got {value!r}")])
+    if value and params:
+        raise ConfigError([(_PARAMS, f"builtin 'digits' takes only as_images; got "
+                                     f"{', '.join(sorted(params))}")])
+    return value
+
+
+def _digits_images() -> pd.DataFrame:
+    """Digits as an `image` column of NPY bytes, (8, 8) float64 arrays of values 0..16."""
+    import sklearn.datasets
+
+    from dlpipe.data.images import arrays_to_cells
+
+    bunch = sklearn.datasets.load_digits()
+    return pd.DataFrame({"image": arrays_to_cells(bunch.images), TARGET: bunch.target})
+
+
+def _reviews(name: str, params: dict[str, Any]) -> pd.DataFrame:
+    """`reviews`: generated product reviews (`text`, `target`); `returns`: orders (`price`,
+    `category`, `verified`, `review`, `returned`); params `n`, `seed`."""
+    from dlpipe.data.returns import make_returns
+    from dlpipe.data.reviews import make_reviews
+
+    make = make_reviews if name == "reviews" else make_returns
+    _bind(make, name, params)
+    for key in params:
+        if not isinstance(params[key], int) or isinstance(params[key], bool):
+            raise ConfigError([(f"{_PARAMS}.{key}", f"must be an integer; got {params[key]!r}")])
+    try:
+        return make(**params)
+    except ValueError as exc:
+        raise ConfigError([(f"{_PARAMS}.n", str(exc))]) from None
 
 
 def _generate(name: str, params: dict[str, Any]) -> pd.DataFrame:

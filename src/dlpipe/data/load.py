@@ -1,7 +1,9 @@
 """Read the data stage's table from a file or a bundled data set into a pandas DataFrame.
 
 CSV, Parquet and JSON Lines are read with pyarrow; ``.npz`` holds arrays `X` (or `x`) and
-`y`, optionally `feature_names`. Every error names the config field `data.source.path`.
+`y`, optionally `feature_names` (an `X` of shape (N, H, W) or (N, H, W, C) is a stack of
+images). A folder with one sub-folder per class holds images or `.txt` files. Every error
+names the config field `data.source.path`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import pandas as pd
 from dlpipe.config import SourceConfig
 from dlpipe.errors import DataError
 
-FORMATS = ("csv", "parquet", "jsonl", "npz")
+FORMATS = ("csv", "parquet", "jsonl", "npz", "images", "text")
+FOLDER_FORMATS = ("images", "text")
+IMAGE_COLUMN, TEXT_COLUMN = "image", "text"
+"""Input column of a table built from images (folder, arrays) or from a folder of texts."""
 _EXTENSIONS = {
     ".csv": "csv",
     ".parquet": "parquet",
@@ -69,6 +74,8 @@ def resolve_format(path: Path, format: str = "auto") -> str:
             raise DataError(f"data.source.format: unknown format {format!r}; known: "
                             f"{', '.join(FORMATS)}")
         return format
+    if path.is_dir():
+        return _folder_format(path)
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in _COMPRESSED:
         suffixes = suffixes[:-1]
@@ -85,9 +92,11 @@ def read_file(path: Path, format: str = "auto") -> pd.DataFrame:
     """Read one CSV, Parquet, JSON Lines or .npz file; see `load_table`."""
     if not path.exists():
         raise DataError(f"{_FIELD}: file {str(path)!r} does not exist")
+    fmt = resolve_format(path, format)
+    if fmt in FOLDER_FORMATS:
+        return _read_folder(path, fmt)
     if not path.is_file():
         raise DataError(f"{_FIELD}: {str(path)!r} is not a file")
-    fmt = resolve_format(path, format)
     if path.stat().st_size == 0:
         raise DataError(f"{_FIELD}: file {str(path)!r} is empty")
     frame = _read_npz(path) if fmt == "npz" else _table_to_frame(_read_arrow(path, fmt), path)
@@ -108,7 +117,9 @@ def frame_from_arrays(
     """Build the stage's table from NumPy arrays handed in from Python.
 
     Args:
-        X: features, shape (N, F); (N,) is one feature and (N, ...) is flattened to (N, F).
+        X: features, shape (N, F); (N,) is one feature. (N, H, W) or (N, H, W, C) is a stack
+            of images: the table gets one `image` column (NPY bytes per row); other shapes
+            (N, ...) are flattened to (N, F).
         y: targets, shape (N,) or (N, 1).
         feature_names: F column names; default ``x0 .. x{F-1}``.
         target: name of the target column.
@@ -125,12 +136,18 @@ def frame_from_arrays(
     y = np.asarray(y)
     if X.ndim == 0 or X.shape[0] == 0:
         raise DataError(f"X: expected an array of shape (N, F) with N > 0; got shape {X.shape}")
-    X = X.reshape(len(X), -1)  # (N, ...) -> (N, F)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1 or len(y) != len(X):
         raise DataError(f"y: expected shape ({len(X)},) to match X's {len(X)} rows; "
                         f"got shape {y.shape}")
+    if X.ndim in (3, 4) and feature_names is None:  # (N, H, W[, C]): one image per row
+        from dlpipe.data.images import arrays_to_cells
+
+        if target == IMAGE_COLUMN:
+            raise DataError(f"target: {target!r} is the image column's name; choose another")
+        return pd.DataFrame({IMAGE_COLUMN: arrays_to_cells(X), target: y})
+    X = X.reshape(len(X), -1)  # (N, ...) -> (N, F)
     if feature_names is None:
         names = [f"x{i}" for i in range(X.shape[1])]
     else:
@@ -202,3 +219,33 @@ def _read_npz(path: Path) -> pd.DataFrame:
                                  feature_names=None if names is None else names.tolist())
     except DataError as exc:
         raise DataError(f"{_FIELD}: arrays in {str(path)!r} do not fit together: {exc}") from None
+
+
+def _folder_format(path: Path) -> str:
+    """`images` or `text`: what the class sub-folders of `path` hold."""
+    from dlpipe.data.images import IMAGE_EXTENSIONS
+
+    suffixes = {f.suffix.lower() for f in path.glob("*/*")
+                if f.is_file() and not f.name.startswith(".")}
+    if suffixes & set(IMAGE_EXTENSIONS):
+        return "images"
+    if ".txt" in suffixes:
+        return "text"
+    raise DataError(
+        f"{_FIELD}: {str(path)!r} is a folder, but its sub-folders hold no images "
+        f"({', '.join(IMAGE_EXTENSIONS)}) or .txt files; a folder source needs one sub-folder "
+        f"per class"
+    )
+
+
+def _read_folder(path: Path, fmt: str) -> pd.DataFrame:
+    if not path.is_dir():
+        raise DataError(f"{_FIELD}: format {fmt!r} reads a folder with one sub-folder per "
+                        f"class; {str(path)!r} is a file")
+    if fmt == "images":
+        from dlpipe.data.images import load_image_folder
+
+        return load_image_folder(path, column=IMAGE_COLUMN)
+    from dlpipe.data.text import load_text_folder
+
+    return load_text_folder(path, column=TEXT_COLUMN)

@@ -88,7 +88,14 @@ def run(cfg: PipelineConfig, rundir: RunDir, *, out: str | os.PathLike[str] | No
                                  metadata={"model": json.dumps(spec)})
     profile = rundir.read_json(runs.PROFILE) if rundir.has(runs.PROFILE) else {}
     if profile:
-        files[bundle.PROFILE] = rundir.file(runs.PROFILE).read_bytes()
+        # The bundle's profile adds the training split's distributions: the server's drift
+        # reference (export/reference.py), so a bundle needs no run directory to monitor.
+        from dlpipe.export.reference import reference_profile
+
+        profile["reference"] = reference_profile(
+            schema["columns"], rundir.read_split("train"), target=schema["target"],
+            task=schema["task"])
+        files[bundle.PROFILE] = runs.dumps_json(profile).encode()
     name = cfg.name or rundir.path.name
     files[bundle.CARD] = bundle.model_card(
         name=name, signature=signature, metrics=metrics, profile=profile, spec=spec,

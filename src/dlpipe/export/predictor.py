@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from dlpipe._prediction import Prediction, prediction_from_scores, rows_to_frame
+from dlpipe._prediction import Prediction, prediction_from_scores
 from dlpipe.errors import ExportError
 from dlpipe.export import _runtime
 from dlpipe.export.bundle import FEATURES, SIGNATURE, VARIANTS, verify_bundle
@@ -55,7 +55,7 @@ class OnnxPredictor:
                 ) -> Prediction:
         """Predict raw rows: a DataFrame, a list of dicts, or a 2-D array in column order."""
         frame = self.fitted.validate_input(
-            rows_to_frame(rows, self.fitted.columns),
+            self.fitted.frame_of(rows),
             target=self.signature.get("target"))
         x = self.fitted.transform(frame)  # (N, F) float32
         outputs = _runtime.run_batched(self.session, x).astype(np.float32)  # (N, out)

@@ -1,8 +1,15 @@
 """The features stage: preprocessing fitted on the training split only, saved as features.json.
 
-`run` reads schema.json and the train split, fits the input transformer and the target
-encoder, and writes both to features.json (plain JSON, never pickle); `load` reads them back
-for train, evaluate and predict.
+`run` reads schema.json and the train split, fits the input transformers (one for the
+tabular columns, a tokenizer per text column, an image preprocessor per image column) and the
+target encoder, and writes them to features.json (plain JSON, never pickle); `load` reads
+them back for train, evaluate and predict.
+
+The model input is one float32 (N, F) matrix laid out in blocks (`FittedFeatures.layout`,
+docs/CONTRACTS.md)::
+
+    [ tabular: numeric | binary | one-hot | indicators | embedding indices ]
+    [ per text column: L token ids (0 = padding) ] [ per image column: C*H*W pixels ]
 
 Example:
     >>> fitted = features.run(cfg, rundir)            # or features.load(rundir) later
@@ -11,22 +18,28 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from dlpipe import runs
-from dlpipe.errors import RunDirError
+from dlpipe._prediction import rows_to_frame
+from dlpipe.data.images import arrays_to_cells
+from dlpipe.data.text import check_text
+from dlpipe.errors import DataError, RunDirError
 from dlpipe.features.base import NotFittedError, Transformer
 from dlpipe.features.categorical import BinaryEncoder, CategoricalEncoder
+from dlpipe.features.images import ImageFeatures
 from dlpipe.features.numeric import NumericTransformer
 from dlpipe.features.tabular import TabularFeatures, TargetEncoder
 
 if TYPE_CHECKING:
     from dlpipe.config import FeaturesConfig, PipelineConfig
+    from dlpipe.features.text import TextFeatures  # imported when used: it loads tokenizers
     from dlpipe.runs import RunDir
 
 __all__ = [
@@ -34,6 +47,7 @@ __all__ = [
     "BinaryEncoder",
     "CategoricalEncoder",
     "FittedFeatures",
+    "ImageFeatures",
     "NotFittedError",
     "NumericTransformer",
     "TabularFeatures",
@@ -44,22 +58,73 @@ __all__ = [
     "run",
 ]
 
-FORMAT_VERSION = 1
-"""Version of the features.json layout; `load` refuses any other."""
+FORMAT_VERSION = 2
+"""Version of the features.json layout; `load` reads it and version 1 (tabular only)."""
+
+MEDIA_KINDS = ("text", "image")
 
 
 @dataclass
 class FittedFeatures:
-    """The fitted input transformer and target encoder of a run."""
+    """The fitted input transformers and target encoder of a run.
+
+    Attributes:
+        inputs: the tabular columns (numeric, binary, categorical); may have none.
+        text: a fitted tokenizer per text column.
+        images: a fitted preprocessor per image column.
+        order: every input column in the table's order (for arrays given in column order).
+    """
 
     inputs: TabularFeatures
     target: TargetEncoder
     task: str
+    text: dict[str, TextFeatures] = field(default_factory=dict)
+    images: dict[str, ImageFeatures] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
 
     @property
     def columns(self) -> list[str]:
-        """The input columns the model reads, in training order."""
-        return [c["name"] for c in self.inputs.columns]
+        """The input columns the model reads, in the table's order."""
+        tabular = [c["name"] for c in self.inputs.columns]
+        known = {*tabular, *self.text, *self.images}
+        ordered = [c for c in self.order if c in known]
+        return ordered + [c for c in [*tabular, *self.text, *self.images] if c not in ordered]
+
+    @property
+    def layout(self) -> list[dict[str, Any]]:
+        """The blocks of the model input, in order: what each column range holds.
+
+        Every block has ``name``, ``kind`` (``tabular``, ``text`` or ``image``), ``start``
+        and ``width``; tabular blocks add ``n_numeric`` and ``cardinalities``, text blocks
+        ``vocab_size`` and ``length``, image blocks ``shape`` ([C, H, W]).
+        """
+        blocks: list[dict[str, Any]] = []
+        n_numeric, cards = self.inputs.n_numeric_, list(self.inputs.cardinalities_)
+        if n_numeric + len(cards):
+            blocks.append({"name": "tabular", "kind": "tabular", "start": 0,
+                           "width": n_numeric + len(cards), "n_numeric": n_numeric,
+                           "cardinalities": cards})
+        start = n_numeric + len(cards)
+        for name, text in self.text.items():
+            blocks.append({"name": name, "kind": "text", "start": start, "width": text.length_,
+                           "vocab_size": text.vocab_size_, "length": text.length_})
+            start += text.length_
+        for name, image in self.images.items():
+            width = math.prod(image.shape_)
+            blocks.append({"name": name, "kind": "image", "start": start, "width": width,
+                           "shape": list(image.shape_)})
+            start += width
+        return blocks
+
+    def frame_of(self, rows: Any) -> pd.DataFrame:
+        """Rows to predict as a table: a DataFrame, a list of dicts, a 2-D array in column
+        order; for a model with one input column a list of its values (texts, image paths or
+        bytes), and for one image column an array of images, (N, H, W) or (N, H, W, C)."""
+        columns = self.columns
+        if (isinstance(rows, np.ndarray) and rows.ndim in (3, 4) and len(columns) == 1
+                and columns[0] in self.images):
+            return pd.DataFrame({columns[0]: arrays_to_cells(rows)})
+        return rows_to_frame(rows, columns)
 
     def validate_input(self, frame: pd.DataFrame, *, target: str | None = None) -> pd.DataFrame:
         """Check raw rows before prediction; return their input columns in training order.
@@ -67,11 +132,26 @@ class FittedFeatures:
         Raises:
             DataError: a missing or unexpected column, or a bad value, naming column and row.
         """
-        return self.inputs.validate_input(frame, target=target)
+        media = [*self.text, *self.images]
+        if not media:
+            return self.inputs.validate_input(frame, target=target)
+        missing = [c for c in media if c not in frame.columns]
+        if missing:
+            raise DataError(f"input has no column {missing[0]!r}; the model expects "
+                            f"{', '.join(self.columns)}")
+        self.inputs.validate_input(frame.drop(columns=media), target=target)
+        for name in self.text:
+            check_text(frame[name], name)
+        return frame[self.columns]
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """The model input of raw rows: float32 (N, F), laid out as docs/CONTRACTS.md says."""
-        return self.inputs.transform(frame)
+        """The model input of raw rows: float32 (N, F), laid out as `layout` says."""
+        x = self.inputs.transform(frame)
+        if not self.text and not self.images:
+            return x
+        blocks = [x, *(t.transform(frame) for t in self.text.values()),
+                  *(i.transform(frame) for i in self.images.values())]
+        return np.concatenate(blocks, axis=1, dtype=np.float32)
 
     def arrays(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
         """Return X (N, F) float32 and y (N,) int64 or float32 (None without a target column)."""
@@ -86,21 +166,30 @@ class FittedFeatures:
             "version": FORMAT_VERSION,
             "task": self.task,
             "inputs": self.inputs.to_json(),
+            "text": {name: text.to_json() for name, text in self.text.items()},
+            "images": {name: image.to_json() for name, image in self.images.items()},
+            "order": list(self.order),
+            "layout": self.layout,
             "target": self.target.to_json(),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FittedFeatures:
         version = data.get("version")
-        if version != FORMAT_VERSION:
+        if version not in (1, FORMAT_VERSION):
             raise RunDirError(
                 f"features.json has format version {version!r}, this dlpipe reads version "
                 f"{FORMAT_VERSION}; refit it with `dlpipe features RUN_DIR`"
             )
+        if data.get("text"):
+            from dlpipe.features.text import TextFeatures
         return cls(
             inputs=TabularFeatures.from_json(data["inputs"]),
             target=TargetEncoder.from_json(data["target"]),
             task=data["task"],
+            text={k: TextFeatures.from_json(v) for k, v in data.get("text", {}).items()},
+            images={k: ImageFeatures.from_json(v) for k, v in data.get("images", {}).items()},
+            order=list(data.get("order", [])),
         )
 
 
@@ -111,8 +200,21 @@ def fit_features(
 
     The stage calls this on the train split; k-fold evaluation calls it on each fold.
     """
+    tabular = [c for c in schema["columns"] if c["kind"] not in MEDIA_KINDS]
+    ts, ims = section.text, section.image
+    if any(c["kind"] == "text" for c in schema["columns"]):
+        from dlpipe.features.text import TextFeatures
+    text = {c["name"]: TextFeatures(
+        c["name"], tokenizer=ts.tokenizer, lowercase=ts.lowercase, pattern=ts.pattern,
+        min_frequency=ts.min_frequency, max_vocab=ts.max_vocab, max_length=ts.max_length,
+        length_percentile=ts.length_percentile, truncation=ts.truncation)
+        for c in schema["columns"] if c["kind"] == "text"}
+    images = {c["name"]: ImageFeatures(
+        c["name"], size=ims.size, channels=ims.channels, scale=ims.scale,
+        normalize=ims.normalize)
+        for c in schema["columns"] if c["kind"] == "image"}
     inputs = TabularFeatures(
-        schema["columns"],
+        tabular,
         numeric=section.numeric,
         categorical=section.categorical,
         overrides=dict(section.columns),
@@ -133,8 +235,11 @@ def fit_features(
         raise RunDirError(f"the train split has no target column {schema['target']!r}; "
                           f"rerun `dlpipe data RUN_DIR`")
     inputs.fit(train)
+    for transformer in [*text.values(), *images.values()]:
+        transformer.fit(train)
     target.fit(train[schema["target"]])
-    return FittedFeatures(inputs=inputs, target=target, task=schema["task"])
+    return FittedFeatures(inputs=inputs, target=target, task=schema["task"], text=text,
+                          images=images, order=[c["name"] for c in schema["columns"]])
 
 
 def run(cfg: PipelineConfig, rundir: RunDir) -> FittedFeatures:

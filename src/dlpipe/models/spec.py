@@ -7,14 +7,18 @@ from typing import Any
 from torch import nn
 
 from dlpipe import runs
+from dlpipe.models import tabular_layout
 from dlpipe.runs import RunDir
 
 
 def spec_of(name: str, kwargs: dict[str, Any], *, init: str | None, in_features: int,
-            out_features: int, cardinalities: list[int], task: str) -> dict[str, Any]:
+            out_features: int, cardinalities: list[int], task: str,
+            layout: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The JSON document that, with the weights, is enough to rebuild the network."""
     return {"name": name, "kwargs": kwargs, "init": init, "in_features": in_features,
-            "out_features": out_features, "cardinalities": list(cardinalities), "task": task}
+            "out_features": out_features, "cardinalities": list(cardinalities), "task": task,
+            "layout": layout if layout is not None else tabular_layout(in_features,
+                                                                       cardinalities)}
 
 
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
@@ -22,7 +26,8 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     from dlpipe.models import build
 
     return build(spec["name"], spec["in_features"], spec["out_features"],
-                 cardinalities=spec["cardinalities"], init=None, kwargs=spec["kwargs"])
+                 cardinalities=spec["cardinalities"], layout=spec.get("layout"), init=None,
+                 kwargs=spec["kwargs"])
 
 
 def load_network(rundir: RunDir) -> nn.Module:

@@ -34,6 +34,7 @@ from dlpipe.train.callbacks import (
     LRSchedule,
     ProgressBar,
 )
+from dlpipe.train.distributed import Group, join
 from dlpipe.train.loggers import build_loggers
 from dlpipe.train.loop import TensorBatches, fit, predict_outputs, validate
 from dlpipe.train.losses import LOSS_TASKS, LOSSES, default_loss
@@ -62,8 +63,11 @@ def run(cfg: PipelineConfig, rundir: RunDir, *, resume: bool = False,
         callbacks: Sequence[Callback] = ()) -> Trained:
     """Train on the run's train split, validate on its val split, write the results.
 
-    With `resume`, continue from the last complete checkpoint in `rundir`.
+    With `resume`, continue from the last complete checkpoint in `rundir`. Under torchrun
+    with several processes, train with DDP (`dlpipe.train.distributed`), and resume by
+    itself when torchrun restarted the job after a checkpoint was written.
     """
+    group = join(cfg)  # None in a single process
     fitted = load_features(rundir)
     train_xy = fitted.arrays(rundir.read_split("train"))
     val_xy = fitted.arrays(rundir.read_split("val"))
@@ -73,13 +77,15 @@ def run(cfg: PipelineConfig, rundir: RunDir, *, resume: bool = False,
                                                 "stopping; remove train.early_stopping")])
         train_xy = tuple(np.concatenate(pair) for pair in zip(train_xy, val_xy, strict=True))
         val_xy = None
+    if group is not None and not resume:
+        resume = group.resumes(rundir)
     if resume and rundir.read_checkpoint() is None:
         raise RunDirError(f"{rundir.path} has no complete checkpoint to resume from; "
                           f"run `dlpipe train {rundir.path}` without --resume")
     if not resume:
         rundir.clear_checkpoints()
     trained = fit_arrays(cfg, fitted, train_xy, val_xy, callbacks=callbacks, rundir=rundir,
-                         resume=resume)
+                         resume=resume, group=group)
     rundir.write_json(runs.MODEL, trained.spec)
     rundir.write_json(runs.TRAINING, trained.summary)
     rundir.write_tensors(runs.WEIGHTS, trained.model.state_dict())
@@ -98,6 +104,7 @@ def fit_arrays(
     resume: bool = False,
     metrics: Sequence[str] = (),
     model: nn.Module | None = None,
+    group: Group | None = None,
 ) -> Trained:
     """Build everything `cfg.train` describes and train on prepared arrays.
 
@@ -111,10 +118,12 @@ def fit_arrays(
         model: train this network, as it is (e.g. a parent run's weights, for fine-tuning),
             instead of a fresh `cfg.model`; it must have the architecture `cfg.model`
             describes. Parameters with ``requires_grad=False`` get no optimizer.
+        group: this process's torchrun job (`distributed.join`): train with DDP on this
+            rank's share of every batch. Only rank 0 should pass a writable `rundir`.
     """
     tc = cfg.train
     task = fitted.task
-    device = _device(tc.device)
+    device = group.device if group is not None else _device(tc.device)
     precision = precision_for(tc.precision, device)
     _seed_everything(cfg.seed, tc)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -126,14 +135,19 @@ def fit_arrays(
         raise ConfigError([("data.split.val", "early stopping and the plateau scheduler "
                                               "need a validation split; set data.split.val > 0")])
     n_classes = len(fitted.target.classes_) if task != "regression" else 0
+    layout = fitted.layout
     spec = spec_of(cfg.model.name, cfg.model.kwargs, init=cfg.model.init,
                    in_features=fitted.inputs.n_numeric_, out_features=output_size(task, n_classes),
-                   cardinalities=fitted.inputs.cardinalities_, task=task)
+                   cardinalities=fitted.inputs.cardinalities_, task=task, layout=layout)
     if model is None:
         model = build(cfg.model.name, spec["in_features"], spec["out_features"],
-                      cardinalities=spec["cardinalities"], init=cfg.model.init,
+                      cardinalities=spec["cardinalities"], layout=layout,
+                      vocabulary=_vocabulary(fitted), init=cfg.model.init,
                       kwargs=cfg.model.kwargs)
     model = model.to(device)
+    if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)  # faster convolutions on GPUs
+    augment = _augment(tc, layout, task, n_classes, cfg.seed, device)
 
     loss_fn = build_loss(tc, task, y_train, cfg.data.imbalance == "class_weight")
     if isinstance(loss_fn, nn.Module):
@@ -141,6 +155,8 @@ def fit_arrays(
     optimizer = build_optimizer(tc, model)
     train = TensorBatches(x_train, y_train, tc.batch_size, shuffle=True, generator=generator)
     val = TensorBatches(*_tensors(val_xy, task, device), 1024) if has_val else None
+    if group is not None:  # this rank's share of each batch; validation outputs gathered
+        train, val = group.shard(train), group.shard(val) if val is not None else None
 
     def metrics_of(outputs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         scores = to_scores(task, outputs).cpu().numpy()
@@ -178,37 +194,48 @@ def fit_arrays(
             steps = -(-len(train) // tc.grad_accumulation)
             cbs.append(ParamStats(model, optimizer, steps,
                                   lambda text: rundir.write_bytes(runs.PARAM_STATS, text.encode())))
-        cbs.extend(build_loggers(tc.loggers, rundir, cfg.model_dump(mode="json"), model))
+        # Rank 0 logs; the other ranks hold placeholders, keeping the checkpointed order.
+        cbs.extend(build_loggers(tc.loggers, rundir, cfg.model_dump(mode="json"), model)
+                   if rundir.writable else [Callback() for _ in tc.loggers])
     cbs.extend(callbacks)
     state = TrainState()
     if rundir is not None:
         def save(s: TrainState) -> None:
             payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                        "scaler": precision.scaler.state_dict() if precision.scaler else None,
+                       "augment": augment.state_dict() if augment is not None else None,
                        "state": s.state_dict(), "rng": _rng_state(generator),
                        "callbacks": [cb.state_dict() for cb in cbs]}
             meta, tensors = pack(payload)
             rundir.write_checkpoint(s.epoch, {"tensors": tensors}, meta)
 
-        cbs.append(Checkpoint(save, every=tc.checkpoint_every))
+        cbs.append(Checkpoint(save if group is None else group.on_main(save),
+                              every=tc.checkpoint_every))
         if resume:
-            _restore(rundir, model, optimizer, state, generator, cbs, precision)
+            _restore(rundir, model, optimizer, state, generator, cbs, precision, augment)
     show = {"auto": None, "always": True, "never": False}[tc.progress]
+    if group is not None:  # appended after the checkpointed callbacks: resume keeps their order
+        cbs.append(group.seed_per_rank(cfg.seed, [augment.generator] if augment else []))
+        show = show if group.is_main else False  # one progress bar per job
     bar = ProgressBar(tc.epochs, len(train), enabled=show)
     if bar.enabled:
         cbs.append(bar)
 
     penalty = _penalty(model, tc.l1, tc.l2)
     try:
-        fit(model, train, val, optimizer=optimizer, loss_fn=loss_fn, epochs=tc.epochs,
+        fit(model if group is None else group.wrap(model), train, val, optimizer=optimizer,
+            loss_fn=loss_fn, epochs=tc.epochs,
             callbacks=cbs, state=state, val_metrics=metrics_of, penalty=penalty,
-            grad_clip=tc.grad_clip, accumulation=tc.grad_accumulation, precision=precision)
+            grad_clip=tc.grad_clip, accumulation=tc.grad_accumulation, precision=precision,
+            augment=augment)
     finally:
         bar.close()  # leave the terminal usable when training fails
 
     summary: dict[str, Any] = {"epochs_run": state.epoch, "steps": state.step,
                                "stop_reason": state.stop_reason, "monitor": monitor,
                                "kept": "last"}
+    if group is not None:
+        summary.update(processes=group.world_size, restarts=group.restart_count)
     if tc.keep == "best" and best is not None and best.weights is not None:
         model.load_state_dict(best.weights)
         summary.update(kept="best", best_epoch=best.epoch, best_value=best.best,
@@ -287,6 +314,31 @@ def _tensors(xy: tuple[np.ndarray, np.ndarray], task: str,
             torch.as_tensor(np.ascontiguousarray(y), dtype=target_dtype, device=device))
 
 
+def _vocabulary(fitted: FittedFeatures) -> list[str] | None:
+    """The tokens of the one text column (for pretrained vectors), when there is one."""
+    if len(fitted.text) != 1 or fitted.inputs.columns or fitted.images:
+        return None
+    return getattr(next(iter(fitted.text.values())), "vocabulary_", None)
+
+
+def _augment(tc: TrainConfig, layout: list[dict[str, Any]], task: str, n_classes: int,
+             seed: int, device: torch.device) -> Any:
+    """The batch augmentation of `train.augment` over the one image column, or None."""
+    if not tc.augment:
+        return None
+    images = [b for b in layout if b["kind"] == "image"]
+    if len(images) != 1:
+        found = "no image column" if not images else f"{len(images)} image columns"
+        raise ConfigError([("train.augment", f"augmentation applies to one image column; the "
+                                             f"data has {found}; remove train.augment")])
+    from dlpipe.train.augment import build_augment
+
+    block = images[0]
+    return build_augment([(c.name, c.kwargs) for c in tc.augment], start=block["start"],
+                         shape=tuple(block["shape"]), task=task, n_classes=n_classes,
+                         seed=seed, device=device, path="train.augment")
+
+
 def _penalty(model: nn.Module, l1: float, l2: float) -> Callable[[], torch.Tensor] | None:
     if not l1 and not l2:
         return None
@@ -342,7 +394,7 @@ def _rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
 
 def _restore(rundir: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
              state: TrainState, generator: torch.Generator, cbs: list[Callback],
-             precision: Precision) -> None:
+             precision: Precision, augment: Any = None) -> None:
     found = rundir.read_checkpoint()
     if found is None:
         return
@@ -352,6 +404,8 @@ def _restore(rundir: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
     optimizer.load_state_dict(payload["optimizer"])
     if precision.scaler is not None and payload.get("scaler"):
         precision.scaler.load_state_dict(payload["scaler"])
+    if augment is not None and payload.get("augment"):
+        augment.load_state_dict(payload["augment"])
     state.load_state_dict(payload["state"])
     torch.set_rng_state(payload["rng"]["torch"])
     generator.set_state(payload["rng"]["shuffle"])

@@ -55,6 +55,16 @@ class TensorBatches:
             idx = order[start:start + self.batch_size]
             yield self.x[idx], self.y[idx]
 
+    # Under torchrun each process iterates over its share (`distributed.ShardedBatches`);
+    # these two put the shares' results back together. In a single process they do nothing.
+    def gather(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Outputs of every process's rows, in row order, from this process's (N, ...) ones."""
+        return outputs
+
+    def average(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of `value` over the processes that share the batches."""
+        return value
+
 
 def fit(
     model: nn.Module,
@@ -71,6 +81,7 @@ def fit(
     grad_clip: float | None = None,
     accumulation: int = 1,
     precision: Precision | None = None,
+    augment: Callable[[torch.Tensor, torch.Tensor], Batch] | None = None,
 ) -> TrainState:
     """Train `model` for up to `epochs` epochs; return the final state.
 
@@ -80,6 +91,7 @@ def fit(
         while epoch < epochs and not should_stop:
             on_epoch_start
             for x, y in train:                  # shuffled slices of pre-built tensors
+                (augment the batch)             # images only; mixup/cutmix soften y
                 forward · loss (+ penalty) · backward     # forward under autocast if mixed
                 every `accumulation` batches: (unscale) · clip · step · zero_grad
                     on_batch_end                # EMA update, per-step LR schedules
@@ -89,12 +101,18 @@ def fit(
                                                 # best weights, LR schedules, checkpoint
         on_fit_end
 
+    Under torchrun, `model` is wrapped in DistributedDataParallel (backward averages the
+    gradients), `train` and `val` are this rank's shares (`distributed.ShardedBatches`), the
+    train loss is averaged and the validation outputs gathered across ranks.
+
     Args:
         val_metrics: maps (outputs, targets) of the whole validation split to metrics
             (without the ``val_`` prefix, which `validate` adds).
         penalty: extra loss term (L1/L2 on weights), called once per batch.
         accumulation: batches whose gradients are summed before each optimizer step.
         precision: mixed-precision autocast and, for fp16, the gradient scaler.
+        augment: maps each training batch (x, y) to an augmented one (new tensors; the
+            batch is a view of the data set and is never changed in place).
 
     Raises:
         TrainingError: the loss became NaN or infinite, naming the step and the first
@@ -111,6 +129,8 @@ def fit(
         loss_sum = torch.zeros((), device=train.x.device)
         n_batches = len(train)
         for i, (x, y) in enumerate(train):
+            if augment is not None:
+                x, y = augment(x, y)
             with precision.autocast():
                 loss = loss_fn(model(x), y)
             if penalty is not None:
@@ -134,7 +154,7 @@ def fit(
                 state.step += 1
                 for hook in on_batch_end:
                     hook(state)
-        state.train_loss = float(loss_sum) / n_batches
+        state.train_loss = float(train.average(loss_sum)) / n_batches  # over ranks, too
         metrics = validate(model, val, loss_fn, val_metrics) if val is not None else {}
         state.epoch += 1
         call(callbacks, "on_epoch_end", state, metrics)
@@ -146,7 +166,7 @@ def fit(
 def predict_outputs(model: nn.Module, batches: TensorBatches) -> torch.Tensor:
     """Raw outputs of `model` on every batch, concatenated: (N, out)."""
     model.eval()
-    return torch.cat([model(x) for x, _ in batches])
+    return batches.gather(torch.cat([model(x) for x, _ in batches]))
 
 
 @torch.inference_mode()
