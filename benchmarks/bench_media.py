@@ -387,6 +387,8 @@ def run_ways(ways: dict[str, Way], repeats: int) -> dict[str, dict[str, Any]]:
             timed = way()
             rows[name]["times"].append(timed.seconds / timed.epochs)
             rows[name].update(epochs=timed.epochs, accuracy=timed.score)
+    for name, row in rows.items():  # every repeat, to judge the noise of a shared machine
+        print(f"  {name}: s / epoch " + ", ".join(f"{t:.3f}" for t in row["times"]), flush=True)
     return rows
 
 

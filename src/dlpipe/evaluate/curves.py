@@ -225,6 +225,8 @@ def _plain(value: Any) -> Any:
         return value if math.isfinite(value) else None
     if isinstance(value, bool | int | str):
         return value
+    if isinstance(value, bytes | bytearray):  # an image held in the table: too big to show
+        return f"<image, {len(value)} bytes>"
     if hasattr(value, "isoformat"):
         return value.isoformat()
     try:

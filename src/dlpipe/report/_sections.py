@@ -188,7 +188,9 @@ def _features(rundir: RunDir, figs: Plots) -> list[str]:
     # Distributions of a seeded sample: as good for the eye, and fast on large splits.
     train, test = (f.sample(n=MAX_ROWS, random_state=0) if len(f) > MAX_ROWS else f
                    for f in (train, test))
-    names = [c["name"] for c in schema.get("columns", []) if c["name"] in train.columns]
+    # Text and image columns have no distribution to draw here.
+    names = [c["name"] for c in schema.get("columns", [])
+             if c["name"] in train.columns and c.get("kind") not in ("text", "image")]
     shift = {name: _shift(train[name], test[name]) for name in names}
     shown = sorted(names, key=lambda n: -shift[n])[:MAX_FEATURES]
     if not shown:

@@ -4,11 +4,11 @@ Requests wait in a bounded queue; one thread per model takes them out, oldest fi
 releases a batch when it holds `max_batch_size` rows (*full*), `max_delay_ms` after its
 first request arrived (*timeout*), or at once when every request the server is handling is
 in the batch already, so that no other could join it (*idle*: a lone client waits for
-nobody); at shutdown the rest are released at once (*drain*). The
-thread preprocesses the whole batch with the bundle's fitted features (one DataFrame, one
-`transform`), runs ONNX Runtime (which releases the GIL), turns outputs into labels and
-probabilities, and hands every request its own rows back on the event loop in one callback.
-The event loop only parses, validates, enqueues and awaits: it never runs inference.
+nobody); at shutdown the rest are released at once (*drain*). The thread preprocesses the
+whole batch with the bundle's fitted features (one DataFrame, one `transform`), runs ONNX
+Runtime (which releases the GIL), turns outputs into labels and probabilities, and hands
+every request its own rows back on the event loop in one callback. The event loop only
+parses, validates, enqueues and awaits: it never runs inference.
 
 A batch whose preprocessing fails (a row the schema let through, e.g. an unseen category
 with ``features.unseen: error``) is preprocessed again request by request, so only the
@@ -77,6 +77,7 @@ class MicroBatcher:
         model: a `LoadedModel` (its predictor's session, fitted features, signature).
         labels: (name, version) for the metrics.
         metrics: the app's `Metrics`, or None.
+        in_flight: how many requests the server is handling now (None: always wait).
         drift: the model's `DriftMonitor`, or None.
         request_log: a `RequestLog`, or None.
 
@@ -99,9 +100,9 @@ class MicroBatcher:
         self.metrics = metrics
         self.drift = drift
         self.request_log = request_log
+        # Requests the server is handling now (HTTP), or None: when the batch holds them all,
+        # waiting max_delay_ms could only add latency, so the batch goes (*idle*).
         self.in_flight = in_flight
-        """Requests being handled by the server now (HTTP), or None: with none besides the
-        batch's own, waiting max_delay_ms could only add latency, so the batch goes (*idle*)."""
         predictor = model.predictor
         self.session = predictor.session  # ONNX Runtime; anything with run() and get_inputs()
         self._input = self.session.get_inputs()[0].name

@@ -145,8 +145,11 @@ def fit_arrays(
                       vocabulary=_vocabulary(fitted), init=cfg.model.init,
                       kwargs=cfg.model.kwargs)
     model = model.to(device)
-    if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        model = model.to(memory_format=torch.channels_last)  # faster convolutions on GPUs
+    if (device.type == "cuda" and precision.name != "fp32"
+            and any(isinstance(m, nn.Conv2d) for m in model.modules())):
+        # Tensor-core convolutions want channels_last; in fp32 the plain layout measured
+        # faster on an H100 (benchmarks/RESULTS.md, bench_gpu).
+        model = model.to(memory_format=torch.channels_last)
     augment = _augment(tc, layout, task, n_classes, cfg.seed, device)
 
     loss_fn = build_loss(tc, task, y_train, cfg.data.imbalance == "class_weight")
@@ -274,6 +277,9 @@ def build_optimizer(tc: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     kwargs = dict(tc.optimizer.kwargs)
     signature = inspect.signature(builder).parameters
     decay = kwargs.pop("weight_decay", None)
+    if "fused" in signature and "fused" not in kwargs and all(
+            p.is_cuda and p.is_floating_point() for p in model.parameters()):
+        kwargs["fused"] = True  # one kernel per step instead of one per parameter group
     if decay is None and "weight_decay" in signature:
         decay = signature["weight_decay"].default
     if decay is None or decay is inspect.Parameter.empty:

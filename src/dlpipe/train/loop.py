@@ -13,6 +13,8 @@ from dlpipe.train.precision import Precision
 from dlpipe.train.state import TrainState
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+_SYNC_EVERY = 32
+"""Batches between two non-finite-loss checks on an accelerator (each check syncs)."""
 
 
 class TensorBatches:
@@ -128,6 +130,9 @@ def fit(
         model.train()
         loss_sum = torch.zeros((), device=train.x.device)
         n_batches = len(train)
+        # Reading a GPU value stalls the host until the GPU catches up, so on accelerators the
+        # loss is checked every _SYNC_EVERY batches (the running sum carries any NaN/inf).
+        check_every = 1 if train.x.device.type == "cpu" else _SYNC_EVERY
         for i, (x, y) in enumerate(train):
             if augment is not None:
                 x, y = augment(x, y)
@@ -135,11 +140,13 @@ def fit(
                 loss = loss_fn(model(x), y)
             if penalty is not None:
                 loss = loss + penalty()
-            if not torch.isfinite(loss):
-                raise _non_finite(model, x, state, loss)
+            loss_sum += loss.detach()                    # no .item(): no sync per batch
+            if ((i + 1) % check_every == 0 or i + 1 == n_batches) and not torch.isfinite(
+                    loss_sum):
+                bad = loss if not torch.isfinite(loss) else loss_sum  # the NaN/inf itself
+                raise _non_finite(model, x, state, bad, check_every)
             scaled = loss / accumulation if accumulation > 1 else loss
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            loss_sum += loss.detach()                    # no .item(): no sync per batch
             if (i + 1) % accumulation == 0 or i + 1 == n_batches:
                 if scaler is not None:
                     scaler.unscale_(optimizer)           # clip the true gradients
@@ -185,7 +192,7 @@ def validate(
 
 
 def _non_finite(model: nn.Module, x: torch.Tensor, state: TrainState,
-                loss: torch.Tensor) -> TrainingError:
+                loss: torch.Tensor, check_every: int = 1) -> TrainingError:
     """Replay the batch with hooks to name the first module whose output is not finite."""
     culprit: list[str] = []
 
@@ -205,8 +212,10 @@ def _non_finite(model: nn.Module, x: torch.Tensor, state: TrainState,
             handle.remove()
     where = (f"the first non-finite output came from module {culprit[0]}" if culprit
              else "every module's output was finite, so the loss itself overflowed")
+    at = f"step {state.step + 1}" if check_every == 1 else (
+        f"one of the {check_every} steps up to step {state.step + 1}")
     return TrainingError(
-        f"training: the loss became {float(loss.detach())} at step {state.step + 1} (epoch "
+        f"training: the loss became {float(loss.detach())} at {at} (epoch "
         f"{state.epoch + 1}); {where}. Lower train.optimizer.lr, set train.grad_clip, or "
         f"check the inputs for extreme values"
     )

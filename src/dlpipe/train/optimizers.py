@@ -42,17 +42,21 @@ def rmsprop(params: Params, *, lr: PositiveFloat = 0.01, alpha: Beta = 0.99,
 @OPTIMIZERS.register("adam")
 def adam(params: Params, *, lr: PositiveFloat = 1e-3,
          betas: tuple[Beta, Beta] = (0.9, 0.999), eps: PositiveFloat = 1e-8,
-         weight_decay: NonNegative = 0.0, amsgrad: bool = False) -> torch.optim.Optimizer:
+         weight_decay: NonNegative = 0.0, amsgrad: bool = False,
+         fused: bool | None = None) -> torch.optim.Optimizer:
+    """Adam; `fused` (one kernel for every parameter) defaults to on for CUDA parameters."""
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps,
-                            weight_decay=weight_decay, amsgrad=amsgrad)
+                            weight_decay=weight_decay, amsgrad=amsgrad, fused=fused)
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(params: Params, *, lr: PositiveFloat = 1e-3,
           betas: tuple[Beta, Beta] = (0.9, 0.999), eps: PositiveFloat = 1e-8,
-          weight_decay: NonNegative = 0.01, amsgrad: bool = False) -> torch.optim.Optimizer:
+          weight_decay: NonNegative = 0.01, amsgrad: bool = False,
+          fused: bool | None = None) -> torch.optim.Optimizer:
+    """AdamW; `fused` (one kernel for every parameter) defaults to on for CUDA parameters."""
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps,
-                             weight_decay=weight_decay, amsgrad=amsgrad)
+                             weight_decay=weight_decay, amsgrad=amsgrad, fused=fused)
 
 
 @OPTIMIZERS.register("adagrad")
