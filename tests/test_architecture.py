@@ -26,7 +26,9 @@ ALLOWED: dict[str, set[str]] = {
     # tune validates every sampled config with pipeline.check and prepares a run directory
     # with pipeline.run(stages=("data", "features")) for `dlpipe tune` (lazy imports).
     "tune": {"data", "features", "models", "train", "evaluate", "pipeline"},
-    "report": set(),  # reads the run directory only
+    # report reads the run directory only; it uses data's image decoder (a pure function of a
+    # cell's bytes or path) to draw thumbnails of the worst-predicted images.
+    "report": {"data"},
     "finetune": {"data", "features", "models", "train", "evaluate"},
     # export holds the ONNX helpers (export_onnx, the parity gate, ONNX Runtime sessions),
     # which compress needs to quantize and measure; the export *stage* ships compress's kept

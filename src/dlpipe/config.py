@@ -425,6 +425,18 @@ class TrainConfig(Section):
     """Mixed precision: forward passes under bf16 / fp16 autocast (fp16 with a gradient
     scaler); weights and optimizer state stay fp32."""
 
+    compile: bool = False
+    """Train the network through `torch.compile` (the first epoch pays for compiling). Weights
+    and checkpoints are the plain network's; evaluation, prediction and export never compile."""
+
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    """`torch.compile`'s mode, with `train.compile`."""
+
+    data_on_device: Literal["auto", "always", "never"] = "auto"
+    """On a GPU, keep the training and validation tensors in GPU memory (`always`; `auto` when
+    they take at most half its free memory) and slice batches there, or keep them in pinned
+    host memory and copy each batch over, one batch ahead (`never`). No effect on the CPU."""
+
     threads: int | None = Field(default=None, ge=1)
     """CPU threads for PyTorch; default PyTorch's choice."""
 
@@ -734,8 +746,9 @@ class CompressConfig(Section):
 
     methods: list[CompressMethod] = Field(
         default_factory=lambda: ["structured", "prune", "int8"], min_length=1)
-    """`structured`: remove the hidden neurons of smallest L1 norm (the layers shrink; `mlp`
-    only); `prune`: zero the smallest weights (the file keeps its size); `int8`: ONNX Runtime
+    """`structured`: remove the hidden neurons (`mlp`) or conv channels (`cnn`) of smallest L1
+    norm (the layers shrink; other models are skipped with the reason); `prune`: zero the
+    smallest Linear/Conv/LSTM/GRU weights (the file keeps its size); `int8`: ONNX Runtime
     quantization; `fp16`: an fp16 ONNX graph; `bf16`: bf16 safetensors weights."""
 
     max_metric_drop: float = Field(default=0.005, ge=0)
@@ -753,8 +766,8 @@ class CompressConfig(Section):
     so the strongest sparsity within the guard is kept."""
 
     scope: Literal["global", "layer"] = "global"
-    """`global`: one magnitude threshold over every Linear/Conv weight; `layer`: each layer
-    pruned to the same sparsity."""
+    """`global`: one magnitude threshold over every Linear/Conv/LSTM/GRU weight; `layer`: each
+    layer pruned to the same sparsity."""
 
     structured_amounts: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75],
                                             min_length=1)

@@ -111,8 +111,9 @@ def test_residual_blocks_tied_by_an_identity_skip_keep_their_widths():
 
 
 def test_structured_pruning_says_why_it_cannot_shrink_other_models():
-    assert structured_support({"name": "linear", "kwargs": {}}) == (
-        "structured pruning removes hidden neurons of an `mlp`; model 'linear' is not one")
+    assert structured_support({"name": "linear", "kwargs": {}}).startswith(
+        "structured pruning supports mlp (hidden neurons) and cnn (conv channels); model "
+        "'linear' is neither")
     assert structured_support({"name": "mlp", "kwargs": {"hidden": []}}) == (
         "the mlp has no hidden layers (`hidden: []`)")
     assert structured_support({"name": "mlp", "kwargs": {}}) is None

@@ -7,8 +7,9 @@ original, scores the kept ones on test, and writes compress/ in the run director
 report.json, the kept pruned model (model.json, weights.safetensors, model.onnx) and the kept
 model.int8.onnx / model.fp16.onnx / weights.bf16.safetensors. The export stage ships them.
 
-The building blocks work on any model and are public: `magnitude_prune`, `shrink_mlp`,
-`quantize_int8`, `to_fp16_onnx`, `to_bf16`, `Guard`.
+The building blocks are public: `magnitude_prune` (Linear, Conv, LSTM/GRU weights),
+`shrink` (structured: mlp neurons, cnn channels), `quantize_int8`, `to_fp16_onnx`,
+`to_bf16`, `Guard`.
 
 Example:
     >>> report = compress.run(cfg, rundir)
@@ -29,6 +30,7 @@ from dlpipe.compress.prune import (
     count_parameters,
     magnitude_prune,
     make_permanent,
+    shrink,
     shrink_mlp,
     structured_support,
 )
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Guard", "Variant", "count_parameters", "from_bf16", "guarded_metric",
            "magnitude_prune", "make_permanent", "quantize_int8", "run", "score_outputs",
-           "shrink_mlp", "structured_support", "table", "to_bf16", "to_fp16_onnx"]
+           "shrink", "shrink_mlp", "structured_support", "table", "to_bf16", "to_fp16_onnx"]
 
 _FILES = {"int8": runs.COMPRESSED_INT8, "fp16": runs.COMPRESSED_FP16,
           "bf16": runs.COMPRESSED_BF16}

@@ -21,7 +21,7 @@ from torch import nn
 from dlpipe.compress import cast, prune
 from dlpipe.compress._finetune import finetune
 from dlpipe.compress.guard import Guard, score_outputs
-from dlpipe.compress.quantize import quantize_int8, scheme_for
+from dlpipe.compress.quantize import quantize_int8, scheme_for, unquantized_recurrent
 from dlpipe.compress.report import Variant, measure_onnx
 from dlpipe.config import CompressConfig, PipelineConfig
 from dlpipe.export import _runtime
@@ -104,7 +104,7 @@ class Compressor:
             spec = start.spec
             if method == "structured":
                 # `level` is a fraction of the original widths; the chain is already narrower.
-                model, spec = prune.shrink_mlp(model, spec, 1 - (1 - level) / (1 - previous))
+                model, spec = prune.shrink(model, spec, 1 - (1 - level) / (1 - previous))
             else:
                 prune.magnitude_prune(model, level, scope=self.section.scope)
             x, y = self.arrays.train
@@ -147,6 +147,9 @@ class Compressor:
             sess = measure_onnx(variant, data, self.arrays.val[0], runs=section.latency_runs)
             variant.val = self._score_onnx(sess, self.arrays.val)
         self._judge(variant)
+        if method == "int8" and (left := unquantized_recurrent(onnx.load_from_string(data))):
+            variant.reason += (f"; {', '.join(sorted(set(left)))} stays float (ONNX Runtime "
+                               f"has int8 kernels for LSTM only)")
         outcome.variants.append(variant)
         if variant.accepted:
             outcome.files[method] = data

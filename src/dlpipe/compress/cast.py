@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -30,7 +31,30 @@ def to_fp16_onnx(fp32: bytes) -> bytes:
     proto = convert_float_to_float16(onnx.load_from_string(fp32), keep_io_types=True)
     for node in proto.graph.node:
         del node.metadata_props[:]
+    _sort_nodes(proto.graph)
     return proto.SerializeToString()
+
+
+def _sort_nodes(graph: Any) -> None:
+    """Put the nodes in topological order, in place (`onnx.checker` requires it).
+
+    The converter appends the Cast of the float32 input after the nodes that read it when
+    the input is first reshaped (an image model's flat rows); ONNX Runtime runs such a
+    graph, but a bundle loader checks it and refuses it.
+    """
+    known = {v.name for v in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:  # a cycle or a value from an outer graph: leave the order alone
+            return
+        for node in ready:
+            known.update(node.output)
+        ordered += ready
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    sorted_nodes = [type(n).FromString(n.SerializeToString()) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(sorted_nodes)
 
 
 def to_bf16(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

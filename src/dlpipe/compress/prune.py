@@ -1,14 +1,18 @@
-"""Pruning: unstructured magnitude pruning, and structured pruning of MLP neurons.
+"""Pruning: unstructured magnitude pruning, and structured pruning of MLP neurons and CNN
+channels.
 
-Unstructured (`magnitude_prune`) zeroes the smallest weights of every Linear/Conv layer with
+Unstructured (`magnitude_prune`) zeroes the smallest weights of every Linear, Conv1d/2d/3d
+and recurrent (LSTM/GRU/RNN: every `weight_ih_l*` and `weight_hh_l*`) layer with
 `torch.nn.utils.prune`, whose masks stay attached while the model is fine-tuned (so pruned
 weights stay zero) until `make_permanent` folds them in. The exported file keeps its size
 (dense storage); only the count of non-zero weights drops.
 
-Structured (`shrink_mlp`) removes whole hidden neurons of an `mlp`: the rows of its Linear,
-the entries of its norm layer, and the matching input columns of the next layer, so the
-layers are physically smaller and so are the ONNX file and its latency. The pruned network
-is again an `mlp` with narrower `hidden` widths, so model.json + weights rebuild it.
+Structured (`shrink`) removes whole hidden neurons of an `mlp` (`shrink_mlp`: the rows of
+its Linear, the entries of its norm layer, and the matching input columns of the next
+layer) or whole output channels of a `cnn`'s plain conv blocks (`prune_conv.shrink_cnn`),
+so the layers are physically smaller and so are the ONNX file and its latency. The pruned
+network is again an `mlp` / `cnn` with narrower `hidden` / `channels`, so model.json +
+weights rebuild it. Other models (rnn, textcnn, multi) are refused with the reason.
 """
 
 from __future__ import annotations
@@ -23,14 +27,28 @@ from torch.nn.utils import prune
 from dlpipe.models.spec import build_from_spec
 
 __all__ = ["count_parameters", "magnitude_prune", "make_permanent", "prunable_layers",
-           "shrink_mlp", "structured_support"]
+           "shrink", "shrink_mlp", "structured_support"]
 
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """Every Linear and Conv layer's `weight` (biases, norms and embeddings are left alone)."""
-    return [(m, "weight") for m in model.modules() if isinstance(m, _WEIGHTED)]
+    """Every Linear and Conv layer's `weight` and every recurrent layer's input and hidden
+    weights (`weight_ih_l0`, `weight_hh_l0_reverse`, ...); biases, norms and embeddings are
+    left alone.
+
+    Example:
+        >>> [name for _, name in prunable_layers(nn.LSTM(4, 8, bidirectional=True))]
+        ['weight_ih_l0', 'weight_hh_l0', 'weight_ih_l0_reverse', 'weight_hh_l0_reverse']
+    """
+    layers: list[tuple[nn.Module, str]] = []
+    for module in model.modules():
+        if isinstance(module, _WEIGHTED):
+            layers.append((module, "weight"))
+        elif isinstance(module, nn.RNNBase):
+            # Under pruning the parameter is `<name>_orig`, but the name stays in the list.
+            layers += [(module, n) for n in module._flat_weights_names if n.startswith("weight_")]
+    return layers
 
 
 def magnitude_prune(model: nn.Module, sparsity: float, *, scope: str = "global") -> nn.Module:
@@ -82,13 +100,38 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def structured_support(spec: dict[str, Any]) -> str | None:
-    """Why structured pruning cannot shrink this model, or None when it can."""
+    """Why structured pruning cannot shrink this model, or None when it can.
+
+    Supported: `mlp` (hidden neurons, `shrink_mlp`) and `cnn` (conv channels of its plain
+    blocks, `dlpipe.compress.prune_conv.shrink_cnn`).
+    """
+    if spec.get("name") == "cnn":
+        from dlpipe.compress.prune_conv import cnn_support
+
+        return cnn_support(spec)
     if spec.get("name") != "mlp":
-        return (f"structured pruning removes hidden neurons of an `mlp`; model "
-                f"{spec.get('name')!r} is not one")
+        return (f"structured pruning supports mlp (hidden neurons) and cnn (conv channels); "
+                f"model {spec.get('name')!r} is neither: its recurrent units and other layers "
+                f"are not shrunk; use `prune` (unstructured) or `int8` for it")
     if not spec.get("kwargs", {}).get("hidden", [1]):
         return "the mlp has no hidden layers (`hidden: []`)"
     return None
+
+
+def shrink(model: nn.Module, spec: dict[str, Any], amount: float
+           ) -> tuple[nn.Module, dict[str, Any]]:
+    """Structured pruning of any supported model: `shrink_mlp` or `shrink_cnn` by its name.
+
+    Raises:
+        ValueError: the model is not supported (check `structured_support` first).
+    """
+    if why := structured_support(spec):
+        raise ValueError(why)
+    if spec.get("name") == "cnn":
+        from dlpipe.compress.prune_conv import shrink_cnn
+
+        return shrink_cnn(model, spec, amount)
+    return shrink_mlp(model, spec, amount)
 
 
 def shrink_mlp(model: nn.Module, spec: dict[str, Any], amount: float

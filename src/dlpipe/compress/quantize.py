@@ -5,7 +5,10 @@ The scheme follows the layer type:
 - **dynamic** for Linear (and LSTM): weights are stored as int8, activations are quantized
   on the fly per batch, so no calibration is needed and accuracy barely moves. ONNX
   Runtime's dynamic (integer-ops) path quantizes MatMul, not Gemm, so each Gemm is first
-  rewritten as the MatMul + Add it computes. GRU has no int8 kernel and stays fp32.
+  rewritten as the MatMul + Add it computes, and constant subgraphs are folded first (the
+  exporter computes an LSTM's gate-reordered weights with Slice/Concat ops; the LSTM
+  quantizer needs them as initializers). GRU and RNN have no int8 kernel and stay fp32;
+  the compress report says so in the int8 row's reason.
 - **static** for convolutions: activation ranges are calibrated on training batches, weights
   get one scale per output channel, and the graph carries QuantizeLinear/DequantizeLinear
   pairs that ONNX Runtime fuses into int8 kernels. Dynamic quantization barely shrinks or
@@ -31,7 +34,8 @@ import numpy as np
 from dlpipe.errors import ExportError
 from dlpipe.export import _runtime
 
-__all__ = ["gemm_to_matmul", "has_convolution", "quantize_int8", "scheme_for"]
+__all__ = ["fold_constants", "gemm_to_matmul", "has_convolution", "quantize_int8", "scheme_for",
+           "unquantized_recurrent"]
 
 _CONV = ("Conv", "ConvTranspose")
 
@@ -62,7 +66,9 @@ def quantize_int8(fp32: bytes, *, mode: str = "auto", calibration: np.ndarray | 
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         src, pre, dst = (Path(tmp) / f"{n}.onnx" for n in ("src", "pre", "dst"))
         if scheme == "dynamic":
-            onnx.save(gemm_to_matmul(proto), src)
+            # Fold constants first: the exporter computes an LSTM's W and R (gates reordered)
+            # with Slice/Concat ops, and the LSTM quantizer only takes initializer weights.
+            onnx.save(gemm_to_matmul(fold_constants(proto)), src)
             # No graph optimization here: it would fuse MatMul + Add back into Gemm.
             quant_pre_process(src, pre, skip_optimization=True, skip_symbolic_shape=True)
             quantize_dynamic(pre, dst, weight_type=QuantType.QInt8, per_channel=per_channel,
@@ -78,6 +84,34 @@ def quantize_int8(fp32: bytes, *, mode: str = "auto", calibration: np.ndarray | 
                             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
         out = onnx.load(dst)
     return _strip(out).SerializeToString()
+
+
+def fold_constants(proto: Any) -> Any:
+    """A copy of `proto` with every subgraph of constants computed into an initializer.
+
+    Uses ONNX Runtime's basic graph optimizations (constant folding and redundant-node
+    elimination; no contrib ops), which run every node whose inputs are all initializers.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "folded.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(out)
+        ort.InferenceSession(proto.SerializeToString(), options,
+                             providers=["CPUExecutionProvider"])
+        return onnx.load(out)
+
+
+def unquantized_recurrent(proto: Any) -> list[str]:
+    """The recurrent ops (LSTM, GRU, RNN) an int8 graph still runs in float, one per node.
+
+    ONNX Runtime has an int8 kernel for LSTM only (DynamicQuantizeLSTM); GRU and RNN stay
+    float, and an LSTM whose weights are not constants cannot be quantized either.
+    """
+    return [node.op_type for node in proto.graph.node if node.op_type in ("LSTM", "GRU", "RNN")]
 
 
 def scheme_for(proto: Any, mode: str) -> str:

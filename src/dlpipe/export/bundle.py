@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dlpipe.errors import ExportError
+from dlpipe.export.safetensors_check import check_safetensors
 from dlpipe.runs import atomic_write, dumps_json
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "MODEL", "MODEL_FP16", "MODEL_INT8", "SIGNATURE",
@@ -85,8 +86,9 @@ def verify_bundle(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """Check every file of a bundle against its manifest; return the manifest.
 
     Raises:
-        ExportError: no manifest, a missing file, or a file whose size or sha256 differs
-            from the manifest (tampered or truncated).
+        ExportError: no manifest, a missing file, a file whose size or sha256 differs
+            from the manifest (tampered or truncated), or a safetensors file whose header
+            is malformed (see `check_safetensors`).
     """
     root = Path(folder)
     path = root / MANIFEST
@@ -113,6 +115,8 @@ def verify_bundle(folder: str | os.PathLike[str]) -> dict[str, Any]:
             raise ExportError(f"bundle: {filename} does not match its sha256 in {MANIFEST} "
                               f"({len(data)} bytes, expected {entry['bytes']}): the file was "
                               f"changed or truncated; re-export the run with `dlpipe export`")
+        if filename.endswith(".safetensors"):  # its header, before any reader parses it
+            check_safetensors(data, filename)
     return manifest
 
 

@@ -1,8 +1,9 @@
 """Predict raw rows from a bundle with ONNX Runtime and features.json: no torch at inference.
 
-`load_bundle` executes nothing from the bundle: it checks every file against manifest.json,
-runs `onnx.checker`, refuses external-data paths (weights stored outside the graph file) and
-non-finite weights, then opens the graph with ONNX Runtime from the verified bytes.
+`load_bundle` executes nothing from the bundle: it checks every file against manifest.json
+and the safetensors header (`safetensors_check`), runs `onnx.checker`, refuses
+external-data paths (weights stored outside the graph file) and non-finite weights, then
+opens the graph with ONNX Runtime from the verified bytes.
 
 Example:
     >>> predictor = load_bundle("runs/quickstart/export")
@@ -79,7 +80,9 @@ def load_bundle(path: str | os.PathLike[str], *,
         threads: ONNX Runtime intra-op threads; default its own choice.
 
     Raises:
-        ExportError: a file does not match the manifest, the variant is not in the bundle,
+        ExportError: a file does not match the manifest, weights.safetensors has a
+            malformed header (checked before anything reads it), the variant is not in the
+            bundle,
             the graph fails `onnx.checker`, stores weights outside the bundle, or holds
             NaN or infinite weights.
     """

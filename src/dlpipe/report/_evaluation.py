@@ -13,6 +13,7 @@ from typing import Any
 
 from dlpipe import runs
 from dlpipe.report import plots
+from dlpipe.report._examples import worst_examples
 from dlpipe.report._sections import Plots, read
 from dlpipe.report.html import (
     Html,
@@ -80,7 +81,7 @@ def evaluation(rundir: RunDir, figs: Plots) -> list[str]:
                       "residual std": reg.get("residual_std"),
                       **{f"residual {k}": v for k, v in
                          (reg.get("residual_quantiles") or {}).items()}})]
-    parts += _worst(curves.get("worst"))
+    parts += worst_examples(rundir, curves)
     return parts
 
 
@@ -103,20 +104,6 @@ def _classification(curves: Mapping[str, Any], figs: Plots) -> list[str]:
     parts += [heading("Per class"), table(["class", "precision", "recall", "f1", "support"],
                                           rows)]
     return parts
-
-
-def _worst(worst: Mapping[str, Any] | None) -> list[str]:
-    if not worst or not worst.get("rows"):
-        return []
-    columns = worst.get("columns", [])
-    loss = "−log p(true)" if worst.get("loss") == "log_loss" else "|error|"
-    extra = ["p(true)"] if any("probability_true" in r for r in worst["rows"]) else []
-    rows = [[r["row"], r["true"], r["predicted"], r["loss"],
-             *([r.get("probability_true")] if extra else []),
-             *(r.get("values", {}).get(c) for c in columns)] for r in worst["rows"]]
-    return [heading(f"Worst-predicted examples (top {len(rows)} by {loss})"),
-            Html(f'<div class="wide">'
-                 f'{table(["row", "true", "predicted", loss, *extra, *columns], rows)}</div>')]
 
 
 # -- tuning ---------------------------------------------------------------------------------
@@ -152,11 +139,11 @@ def tuning(rundir: RunDir, figs: Plots) -> list[str] | None:
         parts.append(figs.add("tune_history", plots.optimization_history(
             number.tolist(), values, state.str.upper().tolist(), maximize=maximize),
             "optimization history"))
-        importances = param_importances(trials, params, value, state)
+        space = ((read(rundir, runs.CONFIG) or {}).get("tune") or {}).get("space") or {}
+        importances, method = param_importances(trials, params, value, state, space=space)
         if importances:
             parts.append(figs.add("tune_importances", plots.param_importances(importances),
-                                  "parameter importances", "Impurity importances of a random "
-                                  "forest fitted to the complete trials' objective values."))
+                                  "parameter importances", _METHODS[method]))
         elif rundir.has(runs.TUNE_PLOTS["importances"]):  # too few trials here; Optuna's own
             parts.append(image(rundir.file(runs.TUNE_PLOTS["importances"]).read_bytes(),
                                "parameter importances", "Optuna's parameter importances "
@@ -181,20 +168,130 @@ def _param_columns(rundir: RunDir, columns: list[str]) -> list[str]:
             and not c.startswith(("user_attrs_", "system_attrs_", "values_"))]
 
 
-def param_importances(trials: Any, params: Sequence[str], value: str,
-                      state: Any) -> dict[str, float]:
-    """Each parameter's share of a random forest's impurity importance for the objective,
-    from the complete trials (at least 4 needed); {} when there is too little to learn from."""
+FANOVA = "fanova"
+FOREST = "forest"
+_METHODS = {
+    FANOVA: "fANOVA importances (Optuna's FanovaImportanceEvaluator): each parameter's share "
+            "of the objective's variance, from the complete trials.",
+    FOREST: "Impurity importances of a random forest fitted to the complete trials' objective "
+            "values (Optuna is not installed, or its fANOVA evaluator could not be used).",
+}
+
+
+def param_importances(trials: Any, params: Sequence[str], value: str, state: Any, *,
+                      space: Mapping[str, Any] | None = None,
+                      method: str = "auto") -> tuple[dict[str, float], str]:
+    """Each parameter's importance for the objective, from the complete trials (at least 4).
+
+    Args:
+        trials: the trials table (tune/trials.csv).
+        params: its columns of searched parameters.
+        value: its column of objective values.
+        state: each trial's state (only ``COMPLETE`` trials count).
+        space: the config's `tune.space` (ranges, log scales), by parameter column; ranges
+            are taken from the trials' values where it is missing.
+        method: ``fanova`` (Optuna's `FanovaImportanceEvaluator`), ``forest`` (a random
+            forest's impurity importances), or ``auto``: fanova when Optuna is installed and
+            fits the trials, else the forest.
+
+    Returns:
+        (importances by parameter name, the method used); ({}, method) when there is too
+        little to learn from.
+
+    Example:
+        >>> param_importances(trials, ["train.optimizer.lr"], "value", trials["state"])
+        ({'train.optimizer.lr': 1.0}, 'fanova')
+    """
+    done = trials[(state.str.upper() == "COMPLETE").to_numpy() & trials[value].notna()]
+    if method not in ("auto", FANOVA, FOREST):
+        raise ValueError(f"method must be auto, fanova or forest; got {method!r}")
+    if len(done) < 4 or not params:
+        return {}, FOREST if method == FOREST else FANOVA
+    names = [p.removeprefix("params_").removeprefix("params.") for p in params]
+    if method != FOREST:
+        try:
+            found = _fanova(done, params, names, value, space or {})
+        except ImportError:
+            if method == FANOVA:
+                raise
+        except (ValueError, RuntimeError, TypeError):  # a space Optuna cannot describe
+            if method == FANOVA:
+                raise
+        else:
+            return found, FANOVA
+    return _forest(done, params, names, value), FOREST
+
+
+def _forest(done: Any, params: Sequence[str], names: Sequence[str],
+            value: str) -> dict[str, float]:
     import pandas as pd
     from sklearn.ensemble import RandomForestRegressor
 
-    done = trials[(state.str.upper() == "COMPLETE").to_numpy() & trials[value].notna()]
-    if len(done) < 4 or not params:
-        return {}
     x = pd.DataFrame({p: _codes(done[p]) for p in params})
     forest = RandomForestRegressor(n_estimators=64, random_state=0).fit(x, done[value])
-    names = [p.removeprefix("params_").removeprefix("params.") for p in params]
     return dict(zip(names, (float(v) for v in forest.feature_importances_), strict=True))
+
+
+def _fanova(done: Any, params: Sequence[str], names: Sequence[str], value: str,
+            space: Mapping[str, Any]) -> dict[str, float]:
+    """fANOVA over an in-memory study rebuilt from the trials table (no storage touched)."""
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    distributions = {name: _distribution(done[p], space.get(p) or space.get(name) or {})
+                     for p, name in zip(params, names, strict=True)}
+    varying = {n: d for n, d in distributions.items() if not d.single()}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        study = optuna.create_study(direction="minimize", storage=None)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    for _, trial in done.iterrows():
+        values = {n: _param_value(trial[p], distributions[n])
+                  for p, n in zip(params, names, strict=True) if n in varying}
+        present = {n: v for n, v in values.items() if v is not None}
+        study.add_trial(optuna.trial.create_trial(
+            params=present, distributions={n: varying[n] for n in present},
+            value=float(trial[value])))
+    found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0),
+                                  params=list(varying) or None, normalize=True)
+    return {n: float(found.get(n, 0.0)) for n in names}
+
+
+def _distribution(column: Any, spec: Mapping[str, Any]) -> Any:
+    """The Optuna distribution of one parameter: the config's range when given, else the
+    trials' own range (numbers) or values (anything else, as text)."""
+    import pandas as pd
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    log = bool(spec.get("log", False))
+    step = spec.get("step")
+    if spec.get("float") is not None:
+        low, high = spec["float"]
+        return FloatDistribution(float(low), float(high), log=log,
+                                 step=None if step is None else float(step))
+    if spec.get("int") is not None:
+        low, high = spec["int"]
+        return IntDistribution(int(low), int(high), log=log, step=int(step or 1))
+    numeric = pd.to_numeric(column, errors="coerce")
+    if not spec.get("choice") and column.notna().any() and numeric[column.notna()].notna().all():
+        return FloatDistribution(float(numeric.min()), float(numeric.max()))
+    return CategoricalDistribution(sorted({str(v) for v in column.dropna()}))
+
+
+def _param_value(value: Any, distribution: Any) -> Any:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(distribution, CategoricalDistribution):
+        return str(value)
+    return int(value) if isinstance(distribution, IntDistribution) else float(value)
 
 
 def _codes(column: Any) -> Any:

@@ -78,7 +78,8 @@ def overview(rundir: RunDir) -> list[str]:
     parts = [kv_table(summary), heading("Command"), pre(command),
              details("config.yaml (resolved, defaults included)",
                      pre(yaml.safe_dump(config, sort_keys=False)))]
-    env = {"device": train.get("device"), "platform": finger.get("platform"),
+    env = {"device": _device(read(rundir, runs.TRAINING), train.get("device")),
+           "platform": finger.get("platform"),
            **(finger.get("versions") or {}), "config sha256": finger.get("config_sha256"),
            "data sha256": finger.get("data_sha256")}
     parts += [heading("Environment"), kv_table(env)]
@@ -89,6 +90,16 @@ def overview(rundir: RunDir) -> list[str]:
                 for name, s in stages.items()]
         parts += [heading("Time per stage"), html_table(["stage", "seconds", "share"], rows)]
     return parts
+
+
+def _device(summary: Mapping[str, Any] | None, configured: Any) -> str:
+    """Where training ran (training.json), with the GPU's name; else the configured one."""
+    ran = (summary or {}).get("device")
+    if ran is None:
+        return f"{configured or 'auto'} (configured; training.json does not record the device)"
+    name = (summary or {}).get("device_name")
+    shown = f"{ran} ({name})" if name else str(ran)
+    return shown if configured in (None, "auto", ran) else f"{shown}; configured {configured}"
 
 
 def _source(source: Mapping[str, Any] | None) -> str:
@@ -239,8 +250,7 @@ def training(rundir: RunDir, figs: Plots) -> list[str]:
         best = summary.get("best_epoch") if summary else None
         parts += [heading("Learning curves"), figs.add(
             "learning_curves", plots.learning_curves(history, stop_epoch=stop, best_epoch=best),
-            "learning curves", "Per epoch. Only the loss is measured on the training split; "
-            "metrics are measured on the validation split (ema: the weight average).")]
+            "learning curves", _curves_caption(history))]
         rates = [(r["epoch"], r["lr"]) for r in history if r.get("lr") is not None]
         if rates:
             parts.append(figs.add("learning_rate", plots.learning_rate(
@@ -261,6 +271,17 @@ def training(rundir: RunDir, figs: Plots) -> list[str]:
                   figs.add("gradient_norms", plots.gradient_norms(stats),
                            "gradient and weight norms per layer")]
     return parts
+
+
+def _curves_caption(history: list[dict[str, Any]]) -> str:
+    keys = {k for row in history for k in row}
+    metrics = any(k.startswith("train_") and k != "train_loss" for k in keys)
+    train = ("Train values are those of the epoch's training batches as they were computed "
+             "(under dropout and augmentation, with the weights changing during the epoch), "
+             "so they can lie below the validation values." if metrics else
+             "Only the loss is measured on the training split (no train metrics: mixup or "
+             "cutmix leaves no hard targets, or the run predates them).")
+    return f"Per epoch. {train} Validation: after each epoch (ema: the weight average)."
 
 
 __all__ = ["MAX_FEATURES", "Plots", "data", "overview", "read", "training"]

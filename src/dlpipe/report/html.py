@@ -153,6 +153,8 @@ table.kv th { background: #f3f5f8; font-weight: 600; }
 table.metrics td:not(:first-child) { text-align: right; }
 .wide { display: block; overflow-x: auto; max-width: 100%; }
 .wide td, .wide th { white-space: nowrap; }
+.wide td.text { white-space: normal; min-width: 16em; max-width: 36em; }
+td.thumb img { height: 64px; width: auto; image-rendering: pixelated; display: block; }
 figure { margin: 8px 0 14px; }
 .row { display: flex; flex-wrap: wrap; gap: 0 16px; align-items: flex-start; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; }

@@ -116,12 +116,13 @@ def learning_curves(history: Sequence[Mapping[str, Any]], *, stop_epoch: int | N
     """Loss and each logged metric per epoch, train against validation (and the weight
     average's `ema_` values), with the early-stopping stop and the restored epoch marked.
 
-    One panel for the loss, then one per metric (`val_accuracy`, `val_r2`, ...).
+    One panel for the loss, then one per metric (`accuracy`, `r2`, ...), each with the
+    `train_` and `val_` values the history holds.
     """
     epochs = [row["epoch"] for row in history]
     keys = {k for row in history for k in row}
-    metrics = sorted({k.removeprefix("val_") for k in keys
-                      if k.startswith("val_") and k != "val_loss"})
+    metrics = sorted({k.removeprefix("val_").removeprefix("train_") for k in keys
+                      if k.startswith(("val_", "train_")) and k not in ("val_loss", "train_loss")})
     fig, axes = _grid(1 + len(metrics))
     for ax, name in zip(axes, ["loss", *metrics], strict=True):
         for prefix, style in (("train_", "-"), ("val_", "-"), ("ema_val_", "--")):

@@ -39,6 +39,7 @@ from dlpipe.train.loggers import build_loggers
 from dlpipe.train.loop import TensorBatches, fit, predict_outputs, validate
 from dlpipe.train.losses import LOSS_TASKS, LOSSES, default_loss
 from dlpipe.train.optimizers import OPTIMIZERS, decay_split, parameter_groups
+from dlpipe.train.placement import place, tensor_bytes
 from dlpipe.train.precision import Precision, precision_for
 from dlpipe.train.schedulers import SCHEDULERS, with_warmup
 from dlpipe.train.state import TrainState
@@ -128,7 +129,10 @@ def fit_arrays(
     _seed_everything(cfg.seed, tc)
     generator = torch.Generator().manual_seed(cfg.seed)
 
-    x_train, y_train = _tensors(train_xy, task, device)
+    # The data sets on the GPU when they fit (batches sliced there), else in pinned host memory.
+    placed = place(tc.data_on_device, device,
+                   tensor_bytes(train_xy, task) + tensor_bytes(val_xy, task))
+    x_train, y_train = placed.put(*_tensors(train_xy, task, placed.data_device))
     has_val = val_xy is not None and len(val_xy[0]) > 0
     if not has_val and (tc.early_stopping is not None or tc.scheduler and
                         tc.scheduler.name == "plateau"):
@@ -157,17 +161,20 @@ def fit_arrays(
         loss_fn = loss_fn.to(device)
     optimizer = build_optimizer(tc, model)
     train = TensorBatches(x_train, y_train, tc.batch_size, shuffle=True, generator=generator)
-    val = TensorBatches(*_tensors(val_xy, task, device), 1024) if has_val else None
+    val = (TensorBatches(*placed.put(*_tensors(val_xy, task, placed.data_device)), 1024)
+           if has_val else None)
     if group is not None:  # this rank's share of each batch; validation outputs gathered
         train, val = group.shard(train), group.shard(val) if val is not None else None
+    train, val = placed.feed(train), placed.feed(val) if val is not None else None
 
-    def metrics_of(outputs: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def metrics_of(outputs: torch.Tensor, y: torch.Tensor,
+                   which: Sequence[str] | None = None) -> dict[str, float]:
         scores = to_scores(task, outputs).cpu().numpy()
         truth = y.cpu().numpy()
         if task == "regression":
             scores = fitted.target.inverse_transform(scores)
             truth = fitted.target.inverse_transform(truth)
-        return compute_epoch_metrics(task, truth, scores, names)
+        return compute_epoch_metrics(task, truth, scores, names if which is None else which)
 
     monitor = tc.early_stopping.monitor if tc.early_stopping else "val_loss"
     mode = tc.early_stopping.mode if tc.early_stopping else "auto"
@@ -226,17 +233,20 @@ def fit_arrays(
 
     penalty = _penalty(model, tc.l1, tc.l2)
     try:
-        fit(model if group is None else group.wrap(model), train, val, optimizer=optimizer,
+        fit(_trainable(model, group, tc), train, val, optimizer=optimizer,
             loss_fn=loss_fn, epochs=tc.epochs,
             callbacks=cbs, state=state, val_metrics=metrics_of, penalty=penalty,
             grad_clip=tc.grad_clip, accumulation=tc.grad_accumulation, precision=precision,
-            augment=augment)
+            augment=augment, train_metrics=lambda o, y: metrics_of(o, y, epoch_metrics(task)))
     finally:
         bar.close()  # leave the terminal usable when training fails
 
     summary: dict[str, Any] = {"epochs_run": state.epoch, "steps": state.step,
                                "stop_reason": state.stop_reason, "monitor": monitor,
-                               "kept": "last"}
+                               "kept": "last", **_device_info(device)}
+    summary["data_on"] = placed.label  # "cuda", "pinned host" or "cpu"
+    if tc.compile:
+        summary["compiled"] = tc.compile_mode
     if group is not None:
         summary.update(processes=group.world_size, restarts=group.restart_count)
     if tc.keep == "best" and best is not None and best.weights is not None:
@@ -320,6 +330,18 @@ def _tensors(xy: tuple[np.ndarray, np.ndarray], task: str,
             torch.as_tensor(np.ascontiguousarray(y), dtype=target_dtype, device=device))
 
 
+def _trainable(model: nn.Module, group: Group | None, tc: TrainConfig) -> nn.Module:
+    """What the loop runs: `model`, in DDP under torchrun, through `torch.compile` when asked.
+
+    Only the loop sees the wrappers; checkpoints, best weights, the weight average and the
+    delivered weights are `model`'s own (no ``module.`` or ``_orig_mod.`` prefixes).
+    """
+    net = model if group is None else group.wrap(model)
+    if tc.compile:
+        net = torch.compile(net, mode=None if tc.compile_mode == "default" else tc.compile_mode)
+    return net
+
+
 def _vocabulary(fitted: FittedFeatures) -> list[str] | None:
     """The tokens of the one text column (for pretrained vectors), when there is one."""
     if len(fitted.text) != 1 or fitted.inputs.columns or fitted.images:
@@ -382,6 +404,15 @@ def _device(name: str) -> torch.device:
         raise ConfigError([("train.device", "CUDA is not available on this machine; use cpu "
                                             "or auto")])
     return device
+
+
+def _device_info(device: torch.device) -> dict[str, str]:
+    """The device training ran on, for training.json: ``device`` and, on CUDA,
+    ``device_name`` (e.g. ``NVIDIA H100 80GB HBM3``)."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return {"device": f"cuda:{index}", "device_name": torch.cuda.get_device_name(index)}
+    return {"device": str(device)}
 
 
 def _seed_everything(seed: int, tc: TrainConfig) -> None:

@@ -42,6 +42,11 @@ class TensorBatches:
     def __len__(self) -> int:
         return -(-self._stop() // self.batch_size)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the batches are delivered: the training device."""
+        return self.x.device
+
     def _stop(self) -> int:
         n = len(self.x)
         return n - 1 if self.shuffle and n > 1 and n % self.batch_size == 1 else n
@@ -84,6 +89,7 @@ def fit(
     accumulation: int = 1,
     precision: Precision | None = None,
     augment: Callable[[torch.Tensor, torch.Tensor], Batch] | None = None,
+    train_metrics: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] | None = None,
 ) -> TrainState:
     """Train `model` for up to `epochs` epochs; return the final state.
 
@@ -97,7 +103,8 @@ def fit(
                 forward · loss (+ penalty) · backward     # forward under autocast if mixed
                 every `accumulation` batches: (unscale) · clip · step · zero_grad
                     on_batch_end                # EMA update, per-step LR schedules
-            metrics = validate(model, val)      # val_loss and `val_metrics`
+            metrics = train_metrics(outputs)    # train_<name>, from the epoch's batches
+            metrics |= validate(model, val)     # val_loss and `val_metrics`
             epoch += 1
             on_epoch_end(metrics)               # EMA adds ema_*, history, early stopping,
                                                 # best weights, LR schedules, checkpoint
@@ -115,6 +122,13 @@ def fit(
         precision: mixed-precision autocast and, for fp16, the gradient scaler.
         augment: maps each training batch (x, y) to an augmented one (new tensors; the
             batch is a view of the data set and is never changed in place).
+        train_metrics: like `val_metrics`, applied (keys prefixed ``train_``) to the training
+            batches' outputs of the epoch, as Keras does: taken as they came out during the
+            epoch, under dropout and augmentation, with the weights changing between batches.
+            The outputs stay on the device, one host copy per epoch, no sync per batch.
+            Skipped when `augment` mixes targets (mixup/cutmix: no hard target to score).
+            Under torchrun each rank scores its share and the values are averaged (exact
+            for per-row means such as accuracy; all shares have the same size).
 
     Raises:
         TrainingError: the loss became NaN or infinite, naming the step and the first
@@ -124,20 +138,27 @@ def fit(
     precision = precision or Precision()
     scaler = precision.scaler
     on_batch_end = overriding(callbacks, "on_batch_end")  # unused hooks cost nothing
+    scoring = train_metrics is not None and not getattr(augment, "mixes_targets", False)
     call(callbacks, "on_fit_start", state)
     while state.epoch < epochs and not state.should_stop:
         call(callbacks, "on_epoch_start", state)
         model.train()
-        loss_sum = torch.zeros((), device=train.x.device)
+        loss_sum = torch.zeros((), device=train.device)
         n_batches = len(train)
+        outputs: list[torch.Tensor] | None = [] if scoring else None
+        targets: list[torch.Tensor] = []
         # Reading a GPU value stalls the host until the GPU catches up, so on accelerators the
         # loss is checked every _SYNC_EVERY batches (the running sum carries any NaN/inf).
-        check_every = 1 if train.x.device.type == "cpu" else _SYNC_EVERY
+        check_every = 1 if train.device.type == "cpu" else _SYNC_EVERY
         for i, (x, y) in enumerate(train):
             if augment is not None:
                 x, y = augment(x, y)
             with precision.autocast():
-                loss = loss_fn(model(x), y)
+                out = model(x)
+                loss = loss_fn(out, y)
+            if outputs is not None:  # kept on the device: scored once at the epoch's end
+                outputs.append(out.detach())
+                targets.append(y)
             if penalty is not None:
                 loss = loss + penalty()
             loss_sum += loss.detach()                    # no .item(): no sync per batch
@@ -162,11 +183,26 @@ def fit(
                 for hook in on_batch_end:
                     hook(state)
         state.train_loss = float(train.average(loss_sum)) / n_batches  # over ranks, too
-        metrics = validate(model, val, loss_fn, val_metrics) if val is not None else {}
+        metrics = _scored(train, train_metrics, outputs, targets) if outputs else {}
+        if val is not None:
+            metrics.update(validate(model, val, loss_fn, val_metrics))
         state.epoch += 1
         call(callbacks, "on_epoch_end", state, metrics)
     call(callbacks, "on_fit_end", state)
     return state
+
+
+def _scored(train: TensorBatches,
+            metrics_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, float]],
+            outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> dict[str, float]:
+    """`metrics_fn` of the epoch's training outputs, keys prefixed ``train_``; the mean over
+    the processes under torchrun (one all-reduce of the values)."""
+    with torch.no_grad():
+        values = metrics_fn(torch.cat(outputs).float(), torch.cat(targets))
+    if getattr(train, "world_size", 1) > 1 and values:
+        mean = train.average(torch.tensor(list(values.values()), device=train.device))
+        values = dict(zip(values, mean.tolist(), strict=True))
+    return {f"train_{k}": v for k, v in values.items()}
 
 
 @torch.inference_mode()
@@ -185,9 +221,10 @@ def validate(
 ) -> dict[str, float]:
     """Mean loss and metrics of `model` on the validation split, keys prefixed ``val_``."""
     outputs = predict_outputs(model, val)
-    metrics = {"val_loss": float(loss_fn(outputs, val.y))}
+    y = val.y.to(outputs.device)  # a copy only when the data sets live on the host
+    metrics = {"val_loss": float(loss_fn(outputs, y))}
     if val_metrics is not None:
-        metrics.update({f"val_{k}": v for k, v in val_metrics(outputs, val.y).items()})
+        metrics.update({f"val_{k}": v for k, v in val_metrics(outputs, y).items()})
     return metrics
 
 
