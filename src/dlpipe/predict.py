@@ -50,7 +50,7 @@ class Predictor:
 
     @property
     def classes(self) -> list[Any]:
-        return list(self.fitted.target.classes_) if self.task != "regression" else []
+        return self.fitted.classes
 
     def predict(self, rows: pd.DataFrame | np.ndarray | Sequence[Mapping[str, Any]]
                 ) -> Prediction:

@@ -260,8 +260,7 @@ def _check_media(table: pd.DataFrame, kinds: dict[str, str], data: DataConfig,
             from dlpipe.data.images import check_images, resolve_paths
 
             base = Path(source["path"]).parent if source.get("kind") == "file" else Path.cwd()
-            if table[column].map(lambda v: isinstance(v, str)).any():
-                table = table.assign(**{column: resolve_paths(table[column], base)})
+            table = table.assign(**{column: resolve_paths(table[column], base)})
             table, skipped = check_images(table, column, policy=data.clean.bad_images,
                                           same_size=same_size)
             profile.setdefault("bad_images_skipped", {})[column] = {

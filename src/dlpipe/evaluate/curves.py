@@ -53,7 +53,7 @@ def write_curves(rundir: RunDir, model: Any, fitted: Any, frames: dict[str, pd.D
     frame = frames[split]
     y_true, scores = scores_of(model, fitted, frame)
     task = fitted.task
-    classes = list(fitted.target.classes_) if task != "regression" else []
+    classes = fitted.classes
     threshold = float(metrics.get(split, {}).get("threshold", 0.5))
     inputs = frame.drop(columns=[fitted.target.name], errors="ignore")
     data = curves(task, y_true, scores, classes=classes, threshold=threshold, frame=inputs)

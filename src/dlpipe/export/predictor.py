@@ -46,7 +46,7 @@ class OnnxPredictor:
 
     @property
     def classes(self) -> list[Any]:
-        return list(self.fitted.target.classes_) if self.task != "regression" else []
+        return self.fitted.classes
 
     @property
     def threshold(self) -> float:

@@ -83,6 +83,11 @@ class FittedFeatures:
     order: list[str] = field(default_factory=list)
 
     @property
+    def classes(self) -> list[Any]:
+        """The class labels in output order; empty for regression."""
+        return list(self.target.classes_) if self.task != "regression" else []
+
+    @property
     def columns(self) -> list[str]:
         """The input columns the model reads, in the table's order."""
         tabular = [c["name"] for c in self.inputs.columns]

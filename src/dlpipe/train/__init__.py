@@ -138,7 +138,7 @@ def fit_arrays(
                         tc.scheduler.name == "plateau"):
         raise ConfigError([("data.split.val", "early stopping and the plateau scheduler "
                                               "need a validation split; set data.split.val > 0")])
-    n_classes = len(fitted.target.classes_) if task != "regression" else 0
+    n_classes = len(fitted.classes)
     layout = fitted.layout
     spec = spec_of(cfg.model.name, cfg.model.kwargs, init=cfg.model.init,
                    in_features=fitted.inputs.n_numeric_, out_features=output_size(task, n_classes),
