@@ -7,8 +7,13 @@ train once, then build in one process, with dlpipe's own compress functions:
 
   fp32                 the trained network exported to ONNX (the reference of every ratio)
   structured-0.25/0.5  a quarter / half of each hidden layer's neurons removed (smallest L1
-                       norm), then 3 epochs of fine-tuning at 0.1 × the learning rate
-  prune-0.8            80% of the Linear weights zeroed (global magnitude), fine-tuned alike;
+                       norm) as `dlpipe compress` does it: in steps of at most 12.5% of the
+                       original widths, each followed by 3 epochs of fine-tuning at the run's
+                       learning rate (`compress.finetune_lr_factor: 1`, the epoch of lowest
+                       val loss kept)
+  structured-0.5-oneshot  half removed in one step, then fine-tuned once, for comparison
+  prune-0.8            80% of the Linear weights zeroed (global magnitude), fine-tuned alike
+                       (one step);
                        stored dense, so the file does not shrink
   int8                 ONNX Runtime dynamic quantization of fp32
   structured-0.5+int8  both
@@ -54,10 +59,11 @@ import dlpipe
 from dlpipe import runs
 from dlpipe.compress import magnitude_prune, make_permanent, quantize_int8
 from dlpipe.compress._finetune import finetune
-from dlpipe.compress._search import _calibration_rows
+from dlpipe.compress._search import _calibration_rows, structured_steps
 from dlpipe.compress.cast import to_fp16_onnx
 from dlpipe.compress.guard import score_outputs
 from dlpipe.compress.prune import count_parameters, shrink, structured_support
+from dlpipe.config import CompressConfig
 from dlpipe.export import _runtime
 from dlpipe.export.onnx import check_parity, to_onnx
 from dlpipe.features import load as load_features
@@ -71,6 +77,18 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = {"tabular_binary": "tabular_binary.yaml", "quickstart": "quickstart.yaml",
              "digits_cnn": "digits_cnn.yaml", "text_lstm": "text_lstm.yaml"}
 GUARD = 0.005  # compress.max_metric_drop's default: half a point of validation accuracy
+NOTE = (
+    "Why structured-0.5 now stays within the guard on tabular_binary and digits_cnn (it was "
+    "−1.27 and −4.81 pt val before): (1) fine-tuning at the run's own learning rate "
+    "(`compress.finetune_lr_factor: 1`; it was 0.1). At 0.1 × the rate even 4 × 10 epochs "
+    "left tabular's 64-32 MLP at −1.33 pt val, while the same 64-32 network trained from "
+    "scratch with the example's config reaches +0.13 pt (digits' half-width CNN: −0.37 pt "
+    "val, +1.39 pt test): capacity is not the limit, the fine-tuning rate was. (2) Reaching "
+    "50% in four steps of 12.5% of the original widths (`compress.structured_step`), "
+    "fine-tuned after each: structured-0.5-oneshot is the same budget in one step. (3) "
+    "Fine-tuning with the run's own augmentation and keeping the epoch of lowest val loss. "
+    "quickstart's val split is 85 rows at 100% accuracy: one more mistake is −1.18 pt, so any "
+    "variant that changes a single val prediction fails the 0.5-pt guard there.")
 
 
 def trained(workdir: Path, example: str):
@@ -80,7 +98,8 @@ def trained(workdir: Path, example: str):
     return result.rundir
 
 
-def variants(rundir, *, finetune_epochs: int) -> tuple[dict, dict]:
+def variants(rundir, *, finetune_epochs: int, step: float, lr_factor: float
+             ) -> tuple[dict, dict]:
     """name → {onnx, model (fp32 ones), params, nonzero}; and the data to score them on."""
     cfg = load_run_config(rundir)
     fitted = load_features(rundir)
@@ -97,15 +116,21 @@ def variants(rundir, *, finetune_epochs: int) -> tuple[dict, dict]:
                 "nonzero": nonzero}
 
     def tuned(network):
-        x, y = data["train"]
-        finetune(network, cfg, fitted.task, x, y, epochs=finetune_epochs, lr_factor=0.1)
+        finetune(network, cfg, fitted, data["train"], data["val"], epochs=finetune_epochs,
+                 lr_factor=lr_factor)
         return make_permanent(network)
 
     out = {"fp32": fp32(model)}
     if structured_support(spec) is None:
-        for amount in (0.25, 0.5):
-            small, _ = shrink(model, spec, amount)
-            out[f"structured-{amount:g}"] = fp32(tuned(small))
+        # What `dlpipe compress` does: 0.25 then 0.5 of the original widths, in steps of at
+        # most `step`, fine-tuned after each; and, for comparison, 50% in one step.
+        small, small_spec, done = model, spec, 0.0
+        for level in (0.25, 0.5):
+            for amount in structured_steps(done, level, step):
+                small, small_spec = shrink(small, small_spec, 1 - (1 - amount) / (1 - done))
+                small, done = tuned(small), amount
+            out[f"structured-{level:g}"] = fp32(copy.deepcopy(small))
+        out["structured-0.5-oneshot"] = fp32(tuned(shrink(model, spec, 0.5)[0]))
         pruned = ("prune-0.8",)
     else:  # the BiLSTM: unstructured pruning only
         pruned = ("prune-0.5", "prune-0.8")
@@ -227,6 +252,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--finetune-epochs", type=int, default=3)
+    defaults = CompressConfig()
+    parser.add_argument("--structured-step", type=float, default=defaults.structured_step)
+    parser.add_argument("--lr-factor", type=float, default=defaults.finetune_lr_factor)
     parser.add_argument("--workloads", nargs="*", default=list(WORKLOADS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -237,7 +265,8 @@ def main() -> None:
     try:
         for workload in args.workloads:
             rundir = trained(workdir, WORKLOADS[workload])
-            found, context = variants(rundir, finetune_epochs=args.finetune_epochs)
+            found, context = variants(rundir, finetune_epochs=args.finetune_epochs,
+                                      step=args.structured_step, lr_factor=args.lr_factor)
             rows = measure(found, context, threads=args.threads, rounds=args.rounds,
                            runs_=args.runs)
             text = (f"### {workload} ({len(context['data']['train'][0]):,} training rows, "
@@ -253,9 +282,14 @@ def main() -> None:
            f"{args.rounds} interleaved rounds of the p50 of {args.runs} calls (batch 1) / "
            f"{max(args.runs // 8, 10)} calls (batch 256). (÷): how many times smaller than "
            f"fp32; (×): how many times faster than fp32 in ONNX Runtime; Δ: accuracy minus "
-           f"fp32's. Compressed variants are fine-tuned {args.finetune_epochs} epochs.")
+           f"fp32's. Pruned variants are fine-tuned {args.finetune_epochs} epochs at "
+           f"{args.lr_factor:g} × "
+           f"the learning rate after each pruning step, keeping the epoch of lowest val loss; "
+           f"structured-0.25/0.5 remove at most {args.structured_step:g} of the original "
+           f"widths per step (the 0.5 continues from the 0.25), structured-0.5-oneshot all "
+           f"at once.")
     write_section("bench_compress", "Compression (`python benchmarks/bench_compress.py`)",
-                  f"{env}\n\n" + "\n".join(sections))
+                  f"{env}\n\n{NOTE}\n\n" + "\n".join(sections))
 
 
 if __name__ == "__main__":

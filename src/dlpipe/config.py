@@ -774,11 +774,19 @@ class CompressConfig(Section):
     """Fractions of each hidden layer's neurons `structured` removes, tried in increasing
     order like `sparsities`."""
 
-    finetune_epochs: int = Field(default=3, ge=0)
-    """Epochs of fine-tuning after each pruning step (0: none)."""
+    structured_step: float = Field(default=0.125, gt=0, le=1)
+    """Largest fraction of the ORIGINAL widths `structured` removes at once: each amount is
+    reached in steps of at most this much, fine-tuned after each (0.125: 50% in four steps;
+    1: one step per amount)."""
 
-    finetune_lr_factor: float = Field(default=0.1, gt=0, le=1)
-    """Fine-tuning learning rate as a fraction of `train.optimizer.lr`."""
+    finetune_epochs: int = Field(default=3, ge=0)
+    """Epochs of fine-tuning after each pruning step (0: none); the epoch of lowest
+    validation loss is kept."""
+
+    finetune_lr_factor: float = Field(default=1.0, gt=0, le=1)
+    """Fine-tuning learning rate as a fraction of `train.optimizer.lr` (constant, no
+    schedule). 1 (the training rate, "learning-rate rewinding") recovered structured 50% within
+    the guard where 0.1 did not (benchmarks/RESULTS.md, bench_compress)."""
 
     quantization: Literal["auto", "dynamic", "static"] = "auto"
     """int8 scheme: `dynamic` (weights int8, activations quantized on the fly: Linear,

@@ -72,7 +72,7 @@ def run(cfg: PipelineConfig, rundir: RunDir) -> dict[str, Any]:
         raise ConfigError([("data.split.val", "compress judges every variant on the validation "
                                               "split, which is empty; set data.split.val > 0")])
     metric = guarded_metric(fitted.task, section.metric)
-    compressor = Compressor(cfg, section, task=fitted.task, target=fitted.target, arrays=arrays,
+    compressor = Compressor(cfg, section, fitted=fitted, arrays=arrays,
                             metric=metric, threshold=_threshold(cfg, rundir))
     outcome = compressor.run(model, spec)
 

@@ -1,9 +1,13 @@
 """The compress stage's work: try each method under the guard, keep or revert, measure.
 
 The kept fp32 model is a chain: it starts as the trained model; each pruning method searches
-its levels in increasing order, every step pruning the last kept model further and
-fine-tuning it, and stops at the first step the guard rejects (so the strongest level within
+its levels in increasing order, every level pruning the last kept model further and
+fine-tuning it, and stops at the first level the guard rejects (so the strongest level within
 the guard is kept when the metric falls monotonically with the level, as it usually does).
+`structured` reaches each level in steps of at most `compress.structured_step` of the
+original widths (`structured_steps`), fine-tuning after each: removing half the neurons at
+once loses more than fine-tuning wins back. Fine-tuning keeps its epoch of lowest validation
+loss, so the validation split both picks that epoch and judges the variant.
 The formats (int8, fp16, bf16) then convert the chain's final model, each judged on its own.
 """
 
@@ -26,6 +30,7 @@ from dlpipe.compress.report import Variant, measure_onnx
 from dlpipe.config import CompressConfig, PipelineConfig
 from dlpipe.export import _runtime
 from dlpipe.export.onnx import check_parity, to_onnx
+from dlpipe.features import FittedFeatures
 
 
 @dataclass
@@ -61,10 +66,10 @@ class Outcome:
 class Compressor:
     """Runs the configured methods on one trained model; see the module docstring."""
 
-    def __init__(self, cfg: PipelineConfig, section: CompressConfig, *, task: str,
-                 target: Any, arrays: Arrays, metric: str, threshold: float) -> None:
-        self.cfg, self.section = cfg, section
-        self.task, self.target, self.arrays = task, target, arrays
+    def __init__(self, cfg: PipelineConfig, section: CompressConfig, *, fitted: FittedFeatures,
+                 arrays: Arrays, metric: str, threshold: float) -> None:
+        self.cfg, self.section, self.fitted = cfg, section, fitted
+        self.task, self.target, self.arrays = fitted.task, fitted.target, arrays
         self.metric, self.threshold = metric, threshold
         self.guard: Guard | None = None
 
@@ -99,23 +104,29 @@ class Compressor:
             return
         previous = 0.0
         for level in levels:
-            start = outcome.chain
-            model = copy.deepcopy(start.model)
-            spec = start.spec
+            model = copy.deepcopy(outcome.chain.model)
+            spec = outcome.chain.spec
             if method == "structured":
-                # `level` is a fraction of the original widths; the chain is already narrower.
-                model, spec = prune.shrink(model, spec, 1 - (1 - level) / (1 - previous))
+                done = previous
+                for amount in structured_steps(previous, level, self.section.structured_step):
+                    # Amounts are fractions of the original widths; the chain is narrower.
+                    model, spec = prune.shrink(model, spec, 1 - (1 - amount) / (1 - done))
+                    self._finetune(model)
+                    done = amount
             else:
                 prune.magnitude_prune(model, level, scope=self.section.scope)
-            x, y = self.arrays.train
-            finetune(model, self.cfg, self.task, x, y, epochs=self.section.finetune_epochs,
-                     lr_factor=self.section.finetune_lr_factor)
+                self._finetune(model)
             prune.make_permanent(model)
             link = self._link(f"{method}-{level:g}", method, level, model, spec)
             outcome.variants.append(link.variant)
             if not link.variant.accepted:
                 return  # stronger levels start from here: the search stops
             outcome.chain, previous = link, level
+
+    def _finetune(self, model: nn.Module) -> None:
+        """Fine-tune a pruned `model` in place, keeping its epoch of lowest val loss."""
+        finetune(model, self.cfg, self.fitted, self.arrays.train, self.arrays.val,
+                 epochs=self.section.finetune_epochs, lr_factor=self.section.finetune_lr_factor)
 
     # -- formats -------------------------------------------------------------------------------
 
@@ -212,6 +223,20 @@ class Compressor:
                 model = copy.deepcopy(outcome.chain.model)
                 model.load_state_dict(cast.from_bf16(cast.to_bf16(model.state_dict())))
                 variant.test = self._score_torch(model, test)
+
+
+def structured_steps(start: float, level: float, step: float) -> list[float]:
+    """The amounts (fractions of the original widths) structured pruning goes through from
+    `start` to `level`, in equal steps of at most `step`; the last is `level`.
+
+    Example:
+        >>> structured_steps(0.0, 0.5, 0.125)
+        [0.125, 0.25, 0.375, 0.5]
+        >>> structured_steps(0.25, 0.5, 0.2)
+        [0.375, 0.5]
+    """
+    n = max(1, math.ceil((level - start) / step - 1e-9))
+    return [start + (level - start) * (i + 1) / n for i in range(n - 1)] + [level]
 
 
 def _calibration_rows(x: np.ndarray, n: int, seed: int) -> np.ndarray:
