@@ -174,11 +174,22 @@ def predict(
                                           "an image file or folder for an image model.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write predictions "
                                          "(.csv, .parquet or .jsonl).")],
+    chunk_rows: Annotated[int, typer.Option(help="Rows read at a time from a Parquet or CSV "
+                                                 "file of a tabular model.")] = 65_536,
 ) -> None:
-    """Predict rows of a file with a trained run."""
+    """Predict rows of a file with a trained run.
+
+    A Parquet or CSV file for a model of tabular columns is streamed: read, predicted and
+    written chunk by chunk, so it may be larger than memory.
+    """
     from dlpipe.predict import load, read_rows, write_predictions
 
     predictor = load(rundir)
+    if (input.suffix.lower() in (".parquet", ".pq", ".csv") and not predictor.fitted.text
+            and not predictor.fitted.images):
+        count = predictor.predict_file(input, output, chunk_rows=chunk_rows)
+        out.print(f"{count} predictions written to {output}")
+        return
     rows = read_rows(input, predictor.fitted)
     prediction = predictor.predict(rows)
     paths = [c for c in predictor.fitted.images if c in rows.columns and rows[c].map(

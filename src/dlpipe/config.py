@@ -247,6 +247,16 @@ class DataConfig(Section):
     imbalance: Literal["none", "oversample", "undersample", "class_weight"] = "none"
     """Class imbalance, on the training split only: resample it, or weight the loss."""
 
+    stream: bool = False
+    """Read a Parquet (or CSV) file larger than memory in chunks instead of loading it: the
+    split is decided row by row from a seeded hash (identical inputs always share a split),
+    the features are fitted in one streaming pass, and training reads the prepared rows from
+    disk through a shuffle buffer. Tabular columns only; see docs/STREAMING.md for what
+    changes."""
+
+    chunk_rows: int = Field(default=131_072, ge=1_000)
+    """Rows per chunk when streaming (`stream: true`): memory grows with this, not the file."""
+
 
 # -- features, model ---------------------------------------------------------------------
 
@@ -436,6 +446,11 @@ class TrainConfig(Section):
     """On a GPU, keep the training and validation tensors in GPU memory (`always`; `auto` when
     they take at most half its free memory) and slice batches there, or keep them in pinned
     host memory and copy each batch over, one batch ahead (`never`). No effect on the CPU."""
+
+    shuffle_buffer: int = Field(default=262_144, ge=1)
+    """Streamed data (`data.stream: true`): rows held and shuffled together. Each epoch reads
+    the prepared rows in blocks of `data.chunk_rows`, in a fresh random block order, and
+    shuffles the rows of as many blocks as fill this buffer."""
 
     threads: int | None = Field(default=None, ge=1)
     """CPU threads for PyTorch; default PyTorch's choice."""

@@ -12,6 +12,8 @@ Layout::
     data_profile.json     what the data stage read, dropped, filled and checked
     schema.json           input columns with their kinds, the target, the task, the classes
     data/{train,val,test}.parquet   the cleaned splits
+    data/source.parquet   streaming runs from a CSV: the file converted once, in blocks
+    prepared/             streaming runs: {train,val,test}.{x,y}.npy, the transformed rows
     features.json         preprocessing fitted on the training split
     tune/                 the search: trials.csv, best_config.yaml, summary.json, journal.log
                           (the Optuna study), history / importances / parallel_coordinates.png
@@ -91,6 +93,8 @@ COMPRESSED_FP16 = Artifact("compress/model.fp16.onnx", "compress")
 COMPRESSED_BF16 = Artifact("compress/weights.bf16.safetensors", "compress")
 EXPORT = Artifact("export", "export")  # a folder: the bundle
 RUN_INFO = Artifact("run.json", None)
+SOURCE = Artifact("data/source.parquet", "data")  # a streamed CSV, converted once
+PREPARED = Artifact("prepared", "features")  # a folder: <split>.x.npy and <split>.y.npy
 SPLITS = ("train", "val", "test")
 
 _TMP_SUFFIX = ".tmp"
@@ -231,6 +235,94 @@ class RunDir:
             self._cache[key] = pd.read_parquet(path)
         return self._cache[key]
 
+    # -- streamed (larger than memory) data -----------------------------------------
+
+    @contextmanager
+    def writing(self, artifact: Artifact | str) -> Iterator[Path]:
+        """A temporary path to stream a large file into; renamed to `artifact` when the block
+        ends without an error, deleted when it raises. Nothing half-written is left."""
+        path = self.path / (artifact.filename if isinstance(artifact, Artifact) else artifact)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}{_TMP_SUFFIX}")
+        try:
+            yield tmp
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        self._cache.pop(f"split:{path.stem}", None)
+
+    def split_rows(self, split: str) -> int:
+        """Rows of a split, from the Parquet footer (nothing else is read)."""
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(self._split_path(split)).metadata.num_rows)
+
+    def iter_split(self, split: str, rows: int, columns: list[str] | None = None
+                   ) -> Iterator[Any]:
+        """A split as pandas DataFrames of at most `rows` rows, in file order; each frame's
+        index holds the rows' positions in the split, so errors can name the row."""
+        import pandas as pd
+        import pyarrow.parquet as pq
+
+        start = 0
+        with pq.ParquetFile(self._split_path(split)) as handle:
+            floats = _nullable_integers(handle)
+            for batch in handle.iter_batches(batch_size=rows, columns=columns):
+                # An integer column with a missing value anywhere reads as floats in every
+                # chunk, as it does when the whole file is read at once.
+                for name in floats & set(batch.schema.names):
+                    i = batch.schema.get_field_index(name)
+                    batch = batch.set_column(i, name, batch.column(i).cast("float64"))
+                frame = batch.to_pandas()
+                frame.index = pd.RangeIndex(start, start + len(frame))
+                start += len(frame)
+                yield frame
+
+    def sample_split(self, split: str, rows: int, seed: int = 0) -> Any:
+        """At most `rows` random rows of a split, read from randomly chosen row groups, in
+        file order: a bounded sample of a split too large to load (export checks, drift)."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with pq.ParquetFile(self._split_path(split)) as handle:
+            meta = handle.metadata
+            order = np.random.default_rng(seed).permutation(meta.num_row_groups)
+            chosen, total = [], 0
+            for group in order:
+                if total >= rows:
+                    break
+                chosen.append(int(group))
+                total += meta.row_group(int(group)).num_rows
+            if not chosen:
+                return handle.schema_arrow.empty_table().to_pandas()
+            table = pa.concat_tables(handle.read_row_group(g) for g in sorted(chosen))
+        if len(table) > rows:
+            keep = np.sort(np.random.default_rng(seed).choice(len(table), rows, replace=False))
+            table = table.take(keep)
+        return table.to_pandas()
+
+    def read_split_bounded(self, split: str, rows: int, seed: int = 0) -> Any:
+        """The split, whole when it has at most `rows` rows, else `sample_split` of it."""
+        if self.split_rows(split) <= rows:
+            return self.read_split(split)
+        return self.sample_split(split, rows, seed)
+
+    def prepared_file(self, split: str, part: str) -> Path:
+        """prepared/<split>.<part>.npy of a streaming run; `part` is ``x`` or ``y``."""
+        return self.path / PREPARED.filename / f"{split}.{part}.npy"
+
+    def _split_path(self, split: str) -> Path:
+        path = self.split_file(split)
+        if not path.exists():
+            raise RunDirError(
+                f"{self.path} has no data/{split}.parquet; run `dlpipe data {self.path}` first")
+        return path
+
     # -- checkpoints ----------------------------------------------------------------
 
     def write_checkpoint(self, epoch: int, tensors: dict[str, dict[str, Any]], state: Any) -> Path:
@@ -322,6 +414,23 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def _nullable_integers(handle: Any) -> set[str]:
+    """Integer columns of a Parquet file with a missing value in some row group."""
+    import pyarrow as pa
+
+    schema, meta = handle.schema_arrow, handle.metadata
+    found = set()
+    for i, field in enumerate(schema):
+        if not pa.types.is_integer(field.type):
+            continue
+        for g in range(meta.num_row_groups):
+            stats = meta.row_group(g).column(i).statistics
+            if stats is None or not stats.has_null_count or stats.null_count > 0:
+                found.add(field.name)
+                break
+    return found
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -72,6 +72,13 @@ def run(cfg: PipelineConfig, rundir: runs.RunDir, frame: pd.DataFrame | None = N
         ('multiclass', 105)
     """
     data = cfg.data
+    if data.stream:  # larger than memory: one pass over the file's chunks (data/stream.py)
+        if frame is not None:
+            raise ConfigError([("data.stream", "a table passed from Python is in memory "
+                                               "already; set data.stream: false")])
+        from dlpipe.data.stream import run as run_streamed
+
+        return run_streamed(cfg, rundir)  # type: ignore[return-value]
     table, source = _load(data, frame)
     digest = data_hash(table)
     profile: dict[str, Any] = {

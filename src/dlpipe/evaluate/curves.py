@@ -39,23 +39,27 @@ WORST_N = 10
 CALIBRATION_BINS = 10
 
 
-def write_curves(rundir: RunDir, model: Any, fitted: Any, frames: dict[str, pd.DataFrame],
-                 metrics: dict[str, Any]) -> dict[str, Any] | None:
-    """Score the test split (val when test is empty); write curves.json and the predictions.
+def write_curves(rundir: RunDir, fitted: Any, metrics: dict[str, Any],
+                 scored: dict[str, tuple[Any, Any]],
+                 frames: dict[str, pd.DataFrame] | None = None) -> dict[str, Any] | None:
+    """Write curves.json and the predictions of the test split (val when test is empty).
+
+    Args:
+        scored: (true targets, scores) per split, as `dlpipe.evaluate.scores_of` returns.
+        frames: the splits' raw rows, for the worst examples; a streaming run has none.
 
     Returns the curves.json content, or None when both splits are empty.
     """
-    from dlpipe.evaluate import scores_of
-
-    split = next((s for s in ("test", "val") if s in frames and len(frames[s])), None)
+    split = next((s for s in ("test", "val") if s in scored and len(scored[s][0])), None)
     if split is None:
         return None
-    frame = frames[split]
-    y_true, scores = scores_of(model, fitted, frame)
+    y_true, scores = scored[split]
     task = fitted.task
     classes = fitted.classes
     threshold = float(metrics.get(split, {}).get("threshold", 0.5))
-    inputs = frame.drop(columns=[fitted.target.name], errors="ignore")
+    frame = (frames or {}).get(split)
+    inputs = None if frame is None else frame.drop(columns=[fitted.target.name],
+                                                   errors="ignore")
     data = curves(task, y_true, scores, classes=classes, threshold=threshold, frame=inputs)
     data["split"] = split
     rundir.write_json(runs.CURVES, data)

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 __all__ = ["OnnxPredictor", "Prediction", "check_parity", "export_onnx", "load_bundle", "run",
            "verify_bundle", "write_bundle"]
 
+REFERENCE_ROWS = 200_000
+"""Training rows the drift reference is computed from (a random sample of larger splits)."""
+
 
 def __getattr__(name: str) -> Any:
     # export_onnx and check_parity need torch; the bundle loader above must not import it.
@@ -93,7 +96,8 @@ def run(cfg: PipelineConfig, rundir: RunDir, *, out: str | os.PathLike[str] | No
         from dlpipe.export.reference import reference_profile
 
         profile["reference"] = reference_profile(
-            schema["columns"], rundir.read_split("train"), target=schema["target"],
+            schema["columns"], rundir.read_split_bounded("train", REFERENCE_ROWS),
+            target=schema["target"],
             task=schema["task"])
         files[bundle.PROFILE] = runs.dumps_json(profile).encode()
     name = cfg.name or rundir.path.name
@@ -115,8 +119,8 @@ def held_out_batches(fitted: Any, rundir: RunDir, rows: int) -> tuple[Any, list[
 
     from dlpipe.export._runtime import rows_of
 
-    train_x = fitted.transform(rundir.read_split("train"))
-    held = [fitted.transform(rundir.read_split(s)) for s in ("test", "val")]
+    train_x = fitted.transform(rundir.read_split_bounded("train", rows))
+    held = [fitted.transform(rundir.read_split_bounded(s, rows)) for s in ("test", "val")]
     pool = next((x for x in held if len(x)), train_x)
     example = rows_of(train_x, 2)
     big = pool[:rows] if len(pool) >= 2 else rows_of(pool, 2)

@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,7 @@ __all__ = [
     "TargetEncoder",
     "Transformer",
     "fit_features",
+    "fit_features_stream",
     "load",
     "run",
 ]
@@ -198,6 +199,31 @@ class FittedFeatures:
         )
 
 
+def encoders(schema: Mapping[str, Any], section: FeaturesConfig,
+             tabular: Sequence[Mapping[str, Any]]) -> tuple[TabularFeatures, TargetEncoder]:
+    """The unfitted tabular transformer (of the `tabular` columns) and target encoder that
+    `schema` and the features section describe."""
+    inputs = TabularFeatures(
+        tabular,
+        numeric=section.numeric,
+        categorical=section.categorical,
+        overrides=dict(section.columns),
+        min_frequency=section.min_frequency,
+        unseen=section.unseen,
+        missing=schema.get("missing") or {},
+        fill_value=schema.get("fill_value"),
+        indicator=bool(schema.get("indicator", False)),
+        clip=schema.get("clip") or {},
+    )
+    target = TargetEncoder(
+        schema["task"],
+        classes=schema.get("classes") or None,
+        scale=section.scale_target,
+        name=schema["target"],
+    )
+    return inputs, target
+
+
 def fit_features(
     schema: Mapping[str, Any], section: FeaturesConfig, train: pd.DataFrame
 ) -> FittedFeatures:
@@ -218,24 +244,7 @@ def fit_features(
         c["name"], size=ims.size, channels=ims.channels, scale=ims.scale,
         normalize=ims.normalize)
         for c in schema["columns"] if c["kind"] == "image"}
-    inputs = TabularFeatures(
-        tabular,
-        numeric=section.numeric,
-        categorical=section.categorical,
-        overrides=dict(section.columns),
-        min_frequency=section.min_frequency,
-        unseen=section.unseen,
-        missing=schema.get("missing") or {},
-        fill_value=schema.get("fill_value"),
-        indicator=bool(schema.get("indicator", False)),
-        clip=schema.get("clip") or {},
-    )
-    target = TargetEncoder(
-        schema["task"],
-        classes=schema.get("classes") or None,
-        scale=section.scale_target,
-        name=schema["target"],
-    )
+    inputs, target = encoders(schema, section, tabular)
     if schema["target"] not in train.columns:
         raise RunDirError(f"the train split has no target column {schema['target']!r}; "
                           f"rerun `dlpipe data RUN_DIR`")
@@ -247,9 +256,44 @@ def fit_features(
                           images=images, order=[c["name"] for c in schema["columns"]])
 
 
+def fit_features_stream(
+    schema: Mapping[str, Any], section: FeaturesConfig, chunks: Iterable[pd.DataFrame],
+    *, seed: int = 0,
+) -> FittedFeatures:
+    """`fit_features` in one pass over `chunks` (the train split, target column included).
+
+    Each chunk is folded in with `partial_fit`; memory is a chunk plus the running state.
+    Tabular columns only. Counts, means, variances, min/max, categories, indicators and the
+    target are exact; the numeric median / most_frequent fills and robust scaling come from
+    a seeded sample of 100,000 values per column (`dlpipe.features.stream`).
+
+    Raises:
+        DataError: a text or image column, an empty stream, or what `fit_features` raises.
+        RunDirError: a chunk without the target column.
+    """
+    from dlpipe.features.stream import fit_tabular_stream
+
+    inputs, target = fit_tabular_stream(*encoders(schema, section, schema["columns"]), chunks,
+                                        schema=schema, seed=seed)
+    return FittedFeatures(inputs=inputs, target=target, task=schema["task"],
+                          order=[c["name"] for c in schema["columns"]])
+
+
 def run(cfg: PipelineConfig, rundir: RunDir) -> FittedFeatures:
-    """Fit on the train split only and write features.json."""
+    """Fit on the train split only and write features.json.
+
+    A streaming run (`data.stream: true`) is fitted in one pass over the train split's
+    chunks, and every split is then transformed once into prepared/ (`features.prepared`).
+    """
     schema = rundir.read_json(runs.SCHEMA)
+    if cfg.data.stream:
+        from dlpipe.features.prepared import prepare
+
+        chunks = rundir.iter_split("train", cfg.data.chunk_rows)
+        fitted = fit_features_stream(schema, cfg.features, chunks, seed=cfg.seed)
+        prepare(rundir, fitted, cfg.data.chunk_rows)
+        rundir.write_json(runs.FEATURES, fitted.to_json())
+        return fitted
     fitted = fit_features(schema, cfg.features, rundir.read_split("train"))
     rundir.write_json(runs.FEATURES, fitted.to_json())
     return fitted

@@ -3,7 +3,9 @@
 A transformer follows scikit-learn: the constructor only stores its arguments, `fit` learns
 from the training split and sets attributes ending in `_`, `transform` maps whole columns at
 once, and the fitted state round-trips through plain JSON (`to_json` / `from_json`), never
-pickle.
+pickle. The tabular transformers also have `partial_fit(chunk)`, which folds one chunk of
+training rows into private running state and leaves the same fitted attributes (and JSON)
+valid after every call (`dlpipe.features.stream`).
 """
 
 from __future__ import annotations

@@ -69,33 +69,38 @@ class CategoricalEncoder:
 
     def fit(self, frame: pd.DataFrame) -> Self:
         """Learn `categories_` per column (sorted), the rare ones (`rare_`) and `fills_`."""
-        if self.encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; "
-                             f"got {self.encoding!r}")
-        if self.unseen not in UNSEEN:
-            raise ValueError(f"unseen must be one of {', '.join(UNSEEN)}; got {self.unseen!r}")
-        strategies = per_column(self.missing, list(self.columns), "none")
+        self.__dict__.pop("_counts", None)  # a later partial_fit starts afresh
+        strategies = self._settings()
         self.categories_, self.rare_, self.fills_, self.had_missing_ = [], [], [], []
         for column, strategy in zip(self.columns, strategies, strict=True):
-            if strategy not in STRATEGIES:
-                raise ValueError(f"missing-value strategy of column {column!r} must be one of "
-                                 f"{', '.join(STRATEGIES)}; got {strategy!r}")
             values = as_objects(frame[column])
             missing = values.isna().to_numpy()
-            counts = values.value_counts(dropna=True)
-            if strategy == "most_frequent" and len(counts):
-                fill = most_frequent(counts)
-            elif strategy == "constant":
-                fill = "missing" if self.fill_value is None else json_scalar(self.fill_value)
-            else:
-                fill = None
-            if fill is not None and missing.any():
-                counts = values.where(~missing, fill).value_counts()
-            frequent = counts.to_numpy() >= self.min_frequency
-            self.categories_.append(sorted_values(counts.index[frequent]))
-            self.rare_.append(sorted_values(counts.index[~frequent]))
-            self.fills_.append(fill)
-            self.had_missing_.append(bool(missing.any()))
+            self._learn(values.value_counts(dropna=True), int(missing.sum()), strategy)
+        self._set_names()
+        return self
+
+    def partial_fit(self, frame: pd.DataFrame) -> Self:
+        """Fold one chunk of training rows into the fit, as scikit-learn's `partial_fit`.
+
+        Exact: the category counts are kept per column, so after every call the fitted
+        attributes (and `to_json`) are those of `fit` on all the rows seen so far, including
+        `min_frequency` and the ``most_frequent`` fill. Memory grows with the number of
+        distinct values, not of rows.
+
+        Example:
+            >>> encoder = CategoricalEncoder(["color"])
+            >>> for chunk in (frame[:2], frame[2:]):
+            ...     encoder.partial_fit(chunk)
+        """
+        strategies = self._settings()
+        if len(frame) == 0:
+            return self
+        running = self.__dict__.setdefault("_counts", [_Counts() for _ in self.columns])
+        for column, counts in zip(self.columns, running, strict=True):
+            counts.update(as_objects(frame[column]))
+        self.categories_, self.rare_, self.fills_, self.had_missing_ = [], [], [], []
+        for counts, strategy in zip(running, strategies, strict=True):
+            self._learn(counts.series(), counts.missing, strategy)
         self._set_names()
         return self
 
@@ -146,6 +151,36 @@ class CategoricalEncoder:
         obj.had_missing_ = [bool(v) for v in fitted["had_missing"]]
         obj._set_names()
         return obj
+
+    def _settings(self) -> list[str]:
+        """The fill strategy of each column, with every setting checked."""
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; "
+                             f"got {self.encoding!r}")
+        if self.unseen not in UNSEEN:
+            raise ValueError(f"unseen must be one of {', '.join(UNSEEN)}; got {self.unseen!r}")
+        strategies = per_column(self.missing, list(self.columns), "none")
+        for column, strategy in zip(self.columns, strategies, strict=True):
+            if strategy not in STRATEGIES:
+                raise ValueError(f"missing-value strategy of column {column!r} must be one of "
+                                 f"{', '.join(STRATEGIES)}; got {strategy!r}")
+        return strategies
+
+    def _learn(self, counts: pd.Series, n_missing: int, strategy: str) -> None:
+        """Append one column's fitted state, from its value counts and missing count."""
+        if strategy == "most_frequent" and len(counts):
+            fill = most_frequent(counts)
+        elif strategy == "constant":
+            fill = "missing" if self.fill_value is None else json_scalar(self.fill_value)
+        else:
+            fill = None
+        if fill is not None and n_missing:
+            counts = _with_fill(counts, fill, n_missing)
+        frequent = counts.to_numpy() >= self.min_frequency
+        self.categories_.append(sorted_values(counts.index[frequent]))
+        self.rare_.append(sorted_values(counts.index[~frequent]))
+        self.fills_.append(fill)
+        self.had_missing_.append(bool(n_missing))
 
     def _set_names(self) -> None:
         if self.encoding == "embedding":
@@ -203,29 +238,62 @@ class BinaryEncoder:
 
     def fit(self, frame: pd.DataFrame) -> Self:
         """Learn the two values of each column (`values_`) and the code of a missing value."""
+        self.__dict__.pop("_counts", None)  # a later partial_fit starts afresh
         strategies = per_column(self.missing, list(self.columns), "most_frequent")
         self.values_, self.fill_codes_, self.had_missing_ = [], [], []
         for column, strategy in zip(self.columns, strategies, strict=True):
             values = as_objects(frame[column])
             counts = values.value_counts(dropna=True)
-            known = sorted_values(counts.index)
-            if not 1 <= len(known) <= 2:
-                shown = ", ".join(str(v) for v in known[:_SHOWN])
-                raise DataError(
-                    f"column {column!r} is binary in schema.json but has {len(known)} distinct "
-                    f"values in the training split ({shown}); set data.columns.{column}: "
-                    f"categorical (or numeric)"
-                )
-            if strategy == "constant":
-                fill = json_scalar(self.fill_value)
-                code = known.index(fill) if fill in known else 0
-            else:
-                code = known.index(most_frequent(counts))
-            self.values_.append(known)
-            self.fill_codes_.append(code)
-            self.had_missing_.append(bool(values.isna().any()))
+            _check_binary(column, counts, allow_empty=False)
+            self._learn(counts, bool(values.isna().any()), strategy)
         self.feature_names_ = list(self.columns)
         return self
+
+    def partial_fit(self, frame: pd.DataFrame) -> Self:
+        """Fold one chunk of training rows into the fit, as scikit-learn's `partial_fit`.
+
+        Exact: the value counts are kept, so after every call the fitted attributes (and
+        `to_json`) are those of `fit` on all the rows seen so far. A column that has had no
+        value yet has no `values_` (every row gets its fill code 0) until one arrives;
+        `check_complete` refuses it at the end of the stream.
+
+        Raises:
+            DataError: a column with a third distinct value, as soon as it appears.
+        """
+        strategies = per_column(self.missing, list(self.columns), "most_frequent")
+        if len(frame) == 0:
+            return self
+        running = self.__dict__.setdefault("_counts", [_Counts() for _ in self.columns])
+        for column, counts in zip(self.columns, running, strict=True):
+            counts.update(as_objects(frame[column]))
+            _check_binary(column, counts.series(), allow_empty=True)
+        self.values_, self.fill_codes_, self.had_missing_ = [], [], []
+        for counts, strategy in zip(running, strategies, strict=True):
+            self._learn(counts.series(), bool(counts.missing), strategy)
+        self.feature_names_ = list(self.columns)
+        return self
+
+    def check_complete(self) -> None:
+        """At the end of a stream: refuse a column that had no value in any chunk, as `fit`.
+
+        Raises:
+            DataError: naming the first such column.
+        """
+        check_fitted(self, "values_")
+        for column, counts in zip(self.columns, self.__dict__.get("_counts", []), strict=True):
+            _check_binary(column, counts.series(), allow_empty=False)
+
+    def _learn(self, counts: pd.Series, had_missing: bool, strategy: str) -> None:
+        """Append one column's fitted state, from its value counts."""
+        known = sorted_values(counts.index)
+        if strategy == "constant":
+            fill = json_scalar(self.fill_value)
+            code = known.index(fill) if fill in known else 0
+        else:
+            code = known.index(most_frequent(counts)) if known else 0
+        self.values_.append(known)
+        self.fill_codes_.append(code)
+        self.had_missing_.append(had_missing)
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         """Return the (N, C) float32 block of 0/1 columns."""
@@ -266,6 +334,47 @@ class BinaryEncoder:
         obj.had_missing_ = [bool(v) for v in fitted["had_missing"]]
         obj.feature_names_ = list(obj.columns)
         return obj
+
+
+class _Counts:
+    """Running value counts and missing count of one column (private; never in JSON)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[Any, int] = {}
+        self.missing = 0
+
+    def update(self, values: pd.Series) -> None:
+        """Fold in one chunk of the column (`as_objects` values, None = missing)."""
+        self.missing += int(values.isna().sum())
+        for value, count in values.value_counts(dropna=True).items():
+            self.counts[value] = self.counts.get(value, 0) + int(count)
+
+    def series(self) -> pd.Series:
+        """The counts as `value_counts` gives them (value → count)."""
+        return _series(self.counts)
+
+
+def _series(counts: dict[Any, int]) -> pd.Series:
+    return pd.Series(list(counts.values()), index=pd.Index(list(counts), dtype=object),
+                     dtype=np.int64)
+
+
+def _with_fill(counts: pd.Series, fill: Any, n_missing: int) -> pd.Series:
+    """The counts after `n_missing` missing values are imputed with `fill`."""
+    merged = dict(counts.items())
+    merged[fill] = merged.get(fill, 0) + n_missing
+    return _series(merged)
+
+
+def _check_binary(column: str, counts: pd.Series, *, allow_empty: bool) -> None:
+    known = sorted_values(counts.index)
+    if not (0 if allow_empty else 1) <= len(known) <= 2:
+        shown = ", ".join(str(v) for v in known[:_SHOWN])
+        raise DataError(
+            f"column {column!r} is binary in schema.json but has {len(known)} distinct "
+            f"values in the training split ({shown}); set data.columns.{column}: "
+            f"categorical (or numeric)"
+        )
 
 
 def _unseen_error(column: str, values: pd.Series, rows: np.ndarray,

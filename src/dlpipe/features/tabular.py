@@ -14,6 +14,7 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
+from dlpipe._running import RESERVOIR_SIZE, Moments
 from dlpipe.errors import ConfigError, DataError, suggest
 from dlpipe.features.base import (
     as_objects,
@@ -99,29 +100,12 @@ class TabularFeatures:
 
     def fit(self, frame: pd.DataFrame) -> Self:
         """Fit every encoder on the training rows `frame`; sets the attributes ending in `_`."""
+        self.__dict__.pop("_stream_missing", None)  # a later partial_fit starts afresh
         plan = self._plan()
         require_columns(frame, self.columns)
         if len(frame) == 0:
             raise DataError("the training split has no rows; features are fitted on it")
-        missing, common = dict(self.missing or {}), {"fill_value": self.fill_value}
-        parts: dict[str, Any] = {}
-        if plan["numeric"]:
-            names = [name for name, _ in plan["numeric"]]
-            parts["numeric"] = NumericTransformer(
-                names, scaling=dict(plan["numeric"]), missing=_subset(missing, names),
-                clip=_subset(dict(self.clip or {}), names), **common)
-        if plan["binary"]:
-            names = [name for name, _ in plan["binary"]]
-            parts["binary"] = BinaryEncoder(
-                names, unseen=self.unseen, missing=_subset(missing, names), **common)
-        for encoding in ENCODINGS:
-            names = [name for name, setting in plan["categorical"] if setting == encoding]
-            if names:
-                strategies = {k: "none" if v == "drop" else v
-                              for k, v in _subset(missing, names).items()}
-                parts[encoding] = CategoricalEncoder(
-                    names, encoding=encoding, min_frequency=self.min_frequency,
-                    unseen=self.unseen, missing=strategies, **common)
+        parts = self._parts(plan)
         for part in parts.values():
             part.fit(frame)
         self.parts_ = parts
@@ -131,6 +115,63 @@ class TabularFeatures:
         )
         self._set_layout()
         return self
+
+    def partial_fit(self, frame: pd.DataFrame, *, seed: int = 0,
+                    reservoir_size: int = RESERVOIR_SIZE) -> Self:
+        """Fold one chunk of training rows into the fit, as scikit-learn's `partial_fit`.
+
+        After every call the fitted attributes, the layout and `to_json` are those of `fit`
+        on all the rows seen so far: exactly for counts, means, variances, min/max,
+        categories and indicators; approximately for the numeric ``median`` and
+        ``most_frequent`` fills and ``robust`` scaling, which come from a seeded sample of
+        at most `reservoir_size` values per column (see `NumericTransformer.partial_fit`).
+        Call `check_complete` after the last chunk.
+
+        Args:
+            frame: the next chunk of training rows; an empty chunk changes nothing.
+            seed: seeds the numeric samples (first call only, as `reservoir_size`).
+            reservoir_size: values sampled per numeric column for the approximate statistics.
+
+        Raises:
+            DataError: a missing column, a non-numeric value, a third value in a binary
+                column (rows are counted within the chunk).
+
+        Example:
+            >>> features = TabularFeatures(schema["columns"], missing=schema["missing"])
+            >>> for chunk in chunks:
+            ...     features.partial_fit(chunk)
+            >>> features.check_complete()
+        """
+        plan = self._plan()
+        require_columns(frame, self.columns)
+        if len(frame) == 0:
+            return self
+        if "_stream_missing" not in self.__dict__:
+            self.parts_ = self._parts(plan)
+            self._stream_missing: set[str] = set()
+        for part in self.parts_.values():
+            if isinstance(part, NumericTransformer):
+                part.partial_fit(frame, seed=seed, reservoir_size=reservoir_size)
+            else:
+                part.partial_fit(frame)
+        names = [c["name"] for c in self.columns]
+        self._stream_missing.update(c for c in names if frame[c].isna().any())
+        self.indicators_ = ([c for c in names if c in self._stream_missing]
+                            if self.indicator else [])
+        self._set_layout()
+        return self
+
+    def check_complete(self) -> None:
+        """After the last `partial_fit`: refuse what `fit` refuses only on the whole split.
+
+        Raises:
+            NotFittedError: no chunk had a row.
+            DataError: a numeric or binary column with no value in any chunk.
+        """
+        check_fitted(self, "parts_")
+        for part in self.parts_.values():
+            if hasattr(part, "check_complete"):
+                part.check_complete()
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         """Return the float32 (N, F) model input for the rows of `frame`.
@@ -217,6 +258,29 @@ class TabularFeatures:
 
     # -- helpers ---------------------------------------------------------------------------------
 
+    def _parts(self, plan: dict[str, list[tuple[str, str]]]) -> dict[str, Any]:
+        """The unfitted encoders of the plan, by part name (`_PARTS`)."""
+        missing, common = dict(self.missing or {}), {"fill_value": self.fill_value}
+        parts: dict[str, Any] = {}
+        if plan["numeric"]:
+            names = [name for name, _ in plan["numeric"]]
+            parts["numeric"] = NumericTransformer(
+                names, scaling=dict(plan["numeric"]), missing=_subset(missing, names),
+                clip=_subset(dict(self.clip or {}), names), **common)
+        if plan["binary"]:
+            names = [name for name, _ in plan["binary"]]
+            parts["binary"] = BinaryEncoder(
+                names, unseen=self.unseen, missing=_subset(missing, names), **common)
+        for encoding in ENCODINGS:
+            names = [name for name, setting in plan["categorical"] if setting == encoding]
+            if names:
+                strategies = {k: "none" if v == "drop" else v
+                              for k, v in _subset(missing, names).items()}
+                parts[encoding] = CategoricalEncoder(
+                    names, encoding=encoding, min_frequency=self.min_frequency,
+                    unseen=self.unseen, missing=strategies, **common)
+        return parts
+
     def _set_layout(self) -> None:
         names = [n for p in _PARTS[:3] if p in self.parts_ for n in self.parts_[p].feature_names_]
         names += [f"{c}_missing" for c in self.indicators_]
@@ -293,6 +357,7 @@ class TargetEncoder:
 
     def fit(self, y: Any) -> Self:
         """Learn `classes_` (classification) or `mean_` / `scale_` (regression) from `y`."""
+        self.__dict__.pop("_stream", None)  # a later partial_fit starts afresh
         if self.task not in TASKS:
             raise ConfigError([("data.task", _choice(self.task, TASKS))])
         y = _series(y)
@@ -308,11 +373,55 @@ class TargetEncoder:
             self.classes_ = [json_scalar(c) for c in self.classes]
         else:
             self.classes_ = sorted_values(as_objects(y).dropna().unique())
-        if self.task == "binary" and len(self.classes_) != 2:
-            raise DataError(f"target column {self.name!r}: a binary task needs 2 classes; got "
-                            f"{len(self.classes_)} ({', '.join(map(str, self.classes_))})")
+        self._check_classes(complete=True)
         self.transform(y)  # every training label must be known
         return self
+
+    def partial_fit(self, y: Any) -> Self:
+        """Fold one chunk of target values into the fit, as scikit-learn's `partial_fit`.
+
+        Exact: after every call `mean_` / `scale_` (count, mean and variance combined with
+        Chan's formulas in float64) or `classes_` (the labels seen so far, or the given
+        `classes`) are those of `fit` on all the values seen so far. A binary task that has
+        seen one label so far is refused only by `check_complete`, after the last chunk.
+
+        Raises:
+            DataError: a missing, unknown or non-numeric value (row counted within the
+                chunk), or a third label for a binary task.
+        """
+        if self.task not in TASKS:
+            raise ConfigError([("data.task", _choice(self.task, TASKS))])
+        y = _series(y)
+        if len(y) == 0:
+            return self
+        if self.task == "regression":
+            moments = self.__dict__.setdefault("_stream", Moments(1))
+            moments.update(self._floats(y)[:, None])
+            std = float(np.sqrt(moments.var[0]))
+            self.mean_, self.scale_ = ((float(moments.mean[0]), std if std > 0 else 1.0)
+                                       if self.scale else (0.0, 1.0))
+            return self
+        if self.classes:
+            self.classes_ = [json_scalar(c) for c in self.classes]
+        else:
+            labels = self.__dict__.setdefault("_stream", set())
+            labels.update(json_scalar(v) for v in as_objects(y).dropna().unique())
+            self.classes_ = sorted_values(labels)
+        self._check_classes(complete=False)
+        self.transform(y)  # every training label must be known
+        return self
+
+    def check_complete(self) -> None:
+        """After the last `partial_fit`: refuse a binary task with fewer than 2 labels."""
+        if self.task != "regression":
+            check_fitted(self, "classes_")
+            self._check_classes(complete=True)
+
+    def _check_classes(self, *, complete: bool) -> None:
+        n_classes = len(self.classes_)
+        if self.task == "binary" and (n_classes > 2 or (complete and n_classes != 2)):
+            raise DataError(f"target column {self.name!r}: a binary task needs 2 classes; got "
+                            f"{n_classes} ({', '.join(map(str, self.classes_))})")
 
     def transform(self, y: Any) -> np.ndarray:
         """Return (N,) int64 class indices, or (N,) float32 (standardized) targets.

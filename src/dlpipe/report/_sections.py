@@ -183,7 +183,7 @@ def _missing_rows(profile: Mapping[str, Any]) -> list[list[Any]]:
 
 def _outlier_rows(profile: Mapping[str, Any]) -> list[list[Any]]:
     columns = (profile.get("outliers") or {}).get("columns") or {}
-    return [[name, c.get("low"), c.get("high"), *(c.get("outside", {}).get(s, 0)
+    return [[name, c.get("low"), c.get("high"), *((c.get("outside") or {}).get(s, 0)
                                                   for s in ("train", "val", "test"))]
             for name, c in columns.items()]
 
@@ -193,7 +193,7 @@ def _features(rundir: RunDir, figs: Plots) -> list[str]:
     if schema is None or not rundir.split_file("train").exists() \
             or not rundir.split_file("test").exists():
         return []
-    train, test = rundir.read_split("train"), rundir.read_split("test")
+    train, test = (rundir.read_split_bounded(s, MAX_ROWS) for s in ("train", "test"))
     if not len(test):
         return []
     # Distributions of a seeded sample: as good for the eye, and fast on large splits.

@@ -169,7 +169,9 @@ def _reference(source: BundleSource) -> dict[str, Any] | None:
 
     rundir = RunDir(source.run)  # not RunDir.open: serving never touches the run directory
     try:
-        train = rundir.read_split("train")
+        from dlpipe.export import REFERENCE_ROWS
+
+        train = rundir.read_split_bounded("train", REFERENCE_ROWS)
     except (OSError, RunDirError):
         return None
     signature = source.signature

@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from dlpipe.train.precision import Precision, precision_for
 from dlpipe.train.schedulers import SCHEDULERS, with_warmup
 from dlpipe.train.state import TrainState
 
+if TYPE_CHECKING:
+    from dlpipe.train.stream import StreamedSplit
+
 __all__ = [
     "LOSSES", "OPTIMIZERS", "SCHEDULERS", "Callback", "TensorBatches", "TrainState", "Trained",
     "fit", "fit_arrays", "predict_outputs", "run", "validate",
@@ -70,8 +73,18 @@ def run(cfg: PipelineConfig, rundir: RunDir, *, resume: bool = False,
     """
     group = join(cfg)  # None in a single process
     fitted = load_features(rundir)
-    train_xy = fitted.arrays(rundir.read_split("train"))
-    val_xy = fitted.arrays(rundir.read_split("val"))
+    train_xy: Any
+    val_xy: Any
+    if cfg.data.stream:  # larger than memory: batches read from the prepared files
+        from dlpipe.train.stream import StreamedSplit
+
+        if group is not None or cfg.train.fit_on != "train":
+            raise ConfigError([("data.stream", "streamed data trains in one process on the "
+                                               "train split (no torchrun, fit_on: train)")])
+        train_xy, val_xy = StreamedSplit.of(rundir, "train"), StreamedSplit.of(rundir, "val")
+    else:
+        train_xy = fitted.arrays(rundir.read_split("train"))
+        val_xy = fitted.arrays(rundir.read_split("val"))
     if cfg.train.fit_on == "train+val":  # a final fit after model selection: nothing held out
         if cfg.train.early_stopping is not None:
             raise ConfigError([("train.fit_on", "train+val leaves no validation rows for early "
@@ -97,8 +110,8 @@ def run(cfg: PipelineConfig, rundir: RunDir, *, resume: bool = False,
 def fit_arrays(
     cfg: PipelineConfig,
     fitted: FittedFeatures,
-    train_xy: tuple[np.ndarray, np.ndarray],
-    val_xy: tuple[np.ndarray, np.ndarray] | None,
+    train_xy: tuple[np.ndarray, np.ndarray] | StreamedSplit,
+    val_xy: tuple[np.ndarray, np.ndarray] | StreamedSplit | None,
     *,
     callbacks: Sequence[Callback] = (),
     rundir: RunDir | None = None,
@@ -111,6 +124,8 @@ def fit_arrays(
 
     This is the train stage without the run directory's inputs, for k-fold evaluation and
     tuning. With `rundir`, history and checkpoints are written there as training goes.
+    A streaming run passes `StreamedSplit`s: its rows are read from disk batch by batch
+    (`dlpipe.train.stream`), and no train_* metrics are computed.
 
     Args:
         callbacks: extra callbacks, called after dlpipe's own (a tuning pruner, a logger).
@@ -129,11 +144,18 @@ def fit_arrays(
     _seed_everything(cfg.seed, tc)
     generator = torch.Generator().manual_seed(cfg.seed)
 
-    # The data sets on the GPU when they fit (batches sliced there), else in pinned host memory.
-    placed = place(tc.data_on_device, device,
-                   tensor_bytes(train_xy, task) + tensor_bytes(val_xy, task))
-    x_train, y_train = placed.put(*_tensors(train_xy, task, placed.data_device))
-    has_val = val_xy is not None and len(val_xy[0]) > 0
+    streamed = not isinstance(train_xy, tuple)  # a StreamedSplit: rows read from disk
+    if streamed:
+        placed = place("never", device, 0)
+        y_train = (train_xy.class_counts(len(fitted.classes)) if task != "regression"
+                   else torch.zeros(0))
+        has_val = val_xy is not None and len(val_xy) > 0
+    else:
+        # The data sets on the GPU when they fit (batches sliced there), else pinned host memory.
+        placed = place(tc.data_on_device, device,
+                       tensor_bytes(train_xy, task) + tensor_bytes(val_xy, task))
+        x_train, y_train = placed.put(*_tensors(train_xy, task, placed.data_device))
+        has_val = val_xy is not None and len(val_xy[0]) > 0
     if not has_val and (tc.early_stopping is not None or tc.scheduler and
                         tc.scheduler.name == "plateau"):
         raise ConfigError([("data.split.val", "early stopping and the plateau scheduler "
@@ -156,16 +178,26 @@ def fit_arrays(
         model = model.to(memory_format=torch.channels_last)
     augment = _augment(tc, layout, task, n_classes, cfg.seed, device)
 
-    loss_fn = build_loss(tc, task, y_train, cfg.data.imbalance == "class_weight")
+    loss_fn = build_loss(tc, task, y_train, cfg.data.imbalance == "class_weight",
+                         counted=streamed)
     if isinstance(loss_fn, nn.Module):
         loss_fn = loss_fn.to(device)
     optimizer = build_optimizer(tc, model)
-    train = TensorBatches(x_train, y_train, tc.batch_size, shuffle=True, generator=generator)
-    val = (TensorBatches(*placed.put(*_tensors(val_xy, task, placed.data_device)), 1024)
-           if has_val else None)
-    if group is not None:  # this rank's share of each batch; validation outputs gathered
-        train, val = group.shard(train), group.shard(val) if val is not None else None
-    train, val = placed.feed(train), placed.feed(val) if val is not None else None
+    if streamed:
+        from dlpipe.train.stream import StreamBatches
+
+        blocks = {"block_rows": cfg.data.chunk_rows, "device": device}
+        train = StreamBatches(train_xy, tc.batch_size, shuffle=True, generator=generator,
+                              buffer_rows=tc.shuffle_buffer, **blocks)
+        val = StreamBatches(val_xy, 4096, **blocks) if has_val else None
+    else:
+        train = TensorBatches(x_train, y_train, tc.batch_size, shuffle=True,
+                              generator=generator)
+        val = (TensorBatches(*placed.put(*_tensors(val_xy, task, placed.data_device)), 1024)
+               if has_val else None)
+        if group is not None:  # this rank's share of each batch; validation outputs gathered
+            train, val = group.shard(train), group.shard(val) if val is not None else None
+        train, val = placed.feed(train), placed.feed(val) if val is not None else None
 
     def metrics_of(outputs: torch.Tensor, y: torch.Tensor,
                    which: Sequence[str] | None = None) -> dict[str, float]:
@@ -237,14 +269,17 @@ def fit_arrays(
             loss_fn=loss_fn, epochs=tc.epochs,
             callbacks=cbs, state=state, val_metrics=metrics_of, penalty=penalty,
             grad_clip=tc.grad_clip, accumulation=tc.grad_accumulation, precision=precision,
-            augment=augment, train_metrics=lambda o, y: metrics_of(o, y, epoch_metrics(task)))
+            augment=augment,
+            # Streamed: no train_* metrics, which would keep every output of an epoch.
+            train_metrics=None if streamed else (
+                lambda o, y: metrics_of(o, y, epoch_metrics(task))))
     finally:
         bar.close()  # leave the terminal usable when training fails
 
     summary: dict[str, Any] = {"epochs_run": state.epoch, "steps": state.step,
                                "stop_reason": state.stop_reason, "monitor": monitor,
                                "kept": "last", **_device_info(device)}
-    summary["data_on"] = placed.label  # "cuda", "pinned host" or "cpu"
+    summary["data_on"] = "streamed from disk" if streamed else placed.label
     if tc.compile:
         summary["compiled"] = tc.compile_mode
     if group is not None:
@@ -256,9 +291,12 @@ def fit_arrays(
     return Trained(model.eval(), state, spec, summary)
 
 
-def build_loss(tc: TrainConfig, task: str, y_train: torch.Tensor,
-               class_weight: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The configured loss (or the task's default), with class weights when asked."""
+def build_loss(tc: TrainConfig, task: str, y_train: torch.Tensor, class_weight: bool, *,
+               counted: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The configured loss (or the task's default), with class weights when asked.
+
+    `y_train` holds the training targets, or with `counted` the number of rows per class.
+    """
     component = tc.loss
     name = component.name if component is not None else default_loss(task)
     kwargs = dict(component.kwargs) if component is not None else {}
@@ -270,11 +308,13 @@ def build_loss(tc: TrainConfig, task: str, y_train: torch.Tensor,
                                                f"use one of: {', '.join(fits)}")])
     if class_weight and task != "regression":
         params = inspect.signature(builder).parameters
-        counts = torch.bincount(y_train.long().cpu(), minlength=2 if task == "binary" else 0)
+        counts = y_train.long().cpu() if counted else torch.bincount(
+            y_train.long().cpu(), minlength=2 if task == "binary" else 0)
         if task == "binary" and "pos_weight" in params:
             kwargs.setdefault("pos_weight", float(counts[0]) / max(float(counts[1]), 1.0))
         elif "weight" in params:  # 'balanced': n / (K * n_c)
-            kwargs.setdefault("weight", len(y_train) / (len(counts) * counts.clamp(min=1).float()))
+            total = int(counts.sum())
+            kwargs.setdefault("weight", total / (len(counts) * counts.clamp(min=1).float()))
     loss = builder(**kwargs)
     if not callable(loss):
         raise ConfigError([("train.loss.name", f"{name!r} returned {type(loss).__name__}, not a "
