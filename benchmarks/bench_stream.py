@@ -106,6 +106,7 @@ def phase(name: str, source: Path, run: Path, stream: bool) -> dict:
 
 def measure(source: Path, workdir: Path, stream: bool) -> dict[str, dict]:
     run = workdir / ("streamed" if stream else "in-memory")
+    shutil.rmtree(run, ignore_errors=True)  # a kept work folder keeps only the data
     results = {}
     for name in ("prepare", "train", "predict"):
         done = subprocess.run(

@@ -129,7 +129,7 @@ def _chunks(path: Path, rows: int, numeric: list[str]) -> Any:
         if suffix in (".parquet", ".pq"):
             import pyarrow.parquet as pq
 
-            with pq.ParquetFile(path) as handle:
+            with pq.ParquetFile(path, pre_buffer=False) as handle:
                 for batch in handle.iter_batches(batch_size=rows):
                     yield batch.to_pandas()
             return

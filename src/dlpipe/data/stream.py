@@ -143,7 +143,7 @@ class _Pass:
         import pyarrow.parquet as pq
 
         self.data, self.path, self.seed = data, path, seed
-        self.file = pq.ParquetFile(path)
+        self.file = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering keeps every chunk read
         names = self.file.schema_arrow.names
         self.roles = _roles(data)
         repeated = sorted({n for n in names if names.count(n) > 1})
