@@ -19,7 +19,7 @@ from dlpipe.data._messages import counts_by_label, rows_text, unknown_column
 from dlpipe.errors import DataError
 
 Splits = dict[str, pd.DataFrame]
-_DEFAULT_THRESHOLD = {"iqr": 1.5, "zscore": 3.0}
+DEFAULT_THRESHOLD = {"iqr": 1.5, "zscore": 3.0}
 
 
 def drop_columns(
@@ -72,14 +72,7 @@ def handle_missing(
         whose strategy is not `drop` gets a strategy, also those without missing training
         values, so a missing value at predict time can still be filled.
     """
-    for name, strategy in config.columns.items():
-        if name not in kinds:
-            raise unknown_column("data.clean.missing.columns", name, kinds, "an input column")
-        if strategy in ("mean", "median") and kinds[name] != "numeric":
-            raise DataError(f"data.clean.missing.columns.{name}: {strategy!r} needs a numeric "
-                            f"column; {name!r} is {kinds[name]}")
-    strategies = {c: config.columns.get(c, config.numeric if k == "numeric" else
-                                        config.categorical) for c, k in kinds.items()}
+    strategies = missing_strategies(kinds, config)
     inputs = list(kinds)
     counts = {split: frame[inputs].isna().sum() for split, frame in splits.items()}
     dropping = [c for c, s in strategies.items() if s == "drop"]
@@ -98,6 +91,22 @@ def handle_missing(
         section["rows_dropped"][split] = int(gone.sum())
         kept[split] = frame[~gone]
     return kept, section, {c: s for c, s in strategies.items() if s != "drop"}
+
+
+def missing_strategies(kinds: Mapping[str, str], config: MissingConfig) -> dict[str, str]:
+    """The missing-value strategy of every input column (`data.clean.missing`).
+
+    Raises:
+        DataError: a listed column is not an input, or `mean`/`median` on a non-numeric one.
+    """
+    for name, strategy in config.columns.items():
+        if name not in kinds:
+            raise unknown_column("data.clean.missing.columns", name, kinds, "an input column")
+        if strategy in ("mean", "median") and kinds[name] != "numeric":
+            raise DataError(f"data.clean.missing.columns.{name}: {strategy!r} needs a numeric "
+                            f"column; {name!r} is {kinds[name]}")
+    return {c: config.columns.get(c, config.numeric if k == "numeric" else config.categorical)
+            for c, k in kinds.items()}
 
 
 def handle_outliers(
@@ -119,7 +128,7 @@ def handle_outliers(
         if kinds[name] != "numeric":
             raise DataError(f"data.clean.outliers.columns: column {name!r} is {kinds[name]}; "
                             f"outliers apply to numeric columns only")
-    threshold = config.threshold or _DEFAULT_THRESHOLD[config.method]
+    threshold = config.threshold or DEFAULT_THRESHOLD[config.method]
     train = splits["train"][columns].astype(float)
     if config.method == "iqr":
         q1, q3 = train.quantile(0.25), train.quantile(0.75)

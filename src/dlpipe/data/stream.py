@@ -37,7 +37,7 @@ from dlpipe._running import Moments, Reservoir, column_seed
 from dlpipe.config import DataConfig, PipelineConfig
 from dlpipe.data._infer import MEDIA_KINDS, infer_kinds, infer_task
 from dlpipe.data._messages import jsonable, unknown_column
-from dlpipe.data.clean import check_target
+from dlpipe.data.clean import DEFAULT_THRESHOLD, check_target, missing_strategies
 from dlpipe.data.load import resolve_format
 from dlpipe.errors import ConfigError, DataError
 
@@ -249,7 +249,7 @@ class _Pass:
         self.distinct: dict[str, set[Any]] = {c: set() for c in self.others}
         self.missing = {s: Counter() for s in _SPLITS}
         self.missing_dropped = 0
-        self.strategies = _strategies(data, self.kinds)
+        self.strategies = missing_strategies(self.kinds, data.clean.missing)
         self._out_schema = self._schema()
 
     def _schema(self) -> Any:
@@ -448,7 +448,7 @@ class _Pass:
         config = self.data.clean.outliers
         if config is None:
             return {}, None
-        threshold = config.threshold or {"iqr": 1.5, "zscore": 3.0}[config.method]
+        threshold = config.threshold or DEFAULT_THRESHOLD[config.method]
         bounds: dict[str, list[float]] = {}
         for column in self.outlier_columns:
             if column not in kinds:
@@ -477,15 +477,6 @@ def _roles(data: DataConfig) -> dict[str, str]:
     named = {"data.target": data.target, "data.split.group_column": data.split.group_column,
              "data.split.column": data.split.column}
     return {path: column for path, column in named.items() if column is not None}
-
-
-def _strategies(data: DataConfig, kinds: dict[str, str]) -> dict[str, str]:
-    config = data.clean.missing
-    for name in config.columns:
-        if name not in kinds:
-            raise unknown_column("data.clean.missing.columns", name, kinds, "an input column")
-    return {c: config.columns.get(c, config.numeric if k == "numeric" else config.categorical)
-            for c, k in kinds.items()}
 
 
 def _row_hashes(frame: pd.DataFrame, kinds: dict[str, str]) -> np.ndarray:
