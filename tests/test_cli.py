@@ -60,3 +60,10 @@ def test_a_stage_on_a_folder_that_is_not_a_run_says_so(tmp_path):
 def test_a_missing_config_file_is_a_clear_error(tmp_path):
     done = _dlpipe("run", tmp_path / "nope.yaml")
     assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_an_unknown_option_is_a_usage_error_without_a_traceback():
+    done = _dlpipe("run", EXAMPLES / "quickstart.yaml", "--no-such-option")
+    assert done.returncode == 2
+    assert "No such option: --no-such-option" in done.stderr
+    assert "Traceback" not in done.stderr
