@@ -8,7 +8,9 @@ The scheme follows the layer type:
   rewritten as the MatMul + Add it computes, and constant subgraphs are folded first (the
   exporter computes an LSTM's gate-reordered weights with Slice/Concat ops; the LSTM
   quantizer needs them as initializers). GRU and RNN have no int8 kernel and stay fp32;
-  the compress report says so in the int8 row's reason.
+  the compress report says so in the int8 row's reason. An embedding table (a Gather on a
+  float weight) is stored as int8 too: the gathered rows are dequantized after the lookup, so
+  a text model's vocabulary costs a quarter of its fp32 bytes.
 - **static** for convolutions: activation ranges are calibrated on training batches, weights
   get one scale per output channel, and the graph carries QuantizeLinear/DequantizeLinear
   pairs that ONNX Runtime fuses into int8 kernels. Dynamic quantization barely shrinks or
@@ -72,7 +74,7 @@ def quantize_int8(fp32: bytes, *, mode: str = "auto", calibration: np.ndarray | 
             # No graph optimization here: it would fuse MatMul + Add back into Gemm.
             quant_pre_process(src, pre, skip_optimization=True, skip_symbolic_shape=True)
             quantize_dynamic(pre, dst, weight_type=QuantType.QInt8, per_channel=per_channel,
-                             op_types_to_quantize=["MatMul", "LSTM"])
+                             op_types_to_quantize=["MatMul", "LSTM", "Gather"])
         else:
             if calibration is None or len(calibration) == 0:
                 raise ExportError("compress: static int8 quantization needs calibration rows "

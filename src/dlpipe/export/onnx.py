@@ -277,14 +277,17 @@ def _proto(onnx_model: Any) -> Any:
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """Silence the exporter's noise ('torchvision is not installed' log lines, a FutureWarning
-    torch raises at itself while capturing the graph) and reuse its op table (see below)."""
+    """Silence the exporter's noise ('torchvision is not installed' log lines, FutureWarnings
+    torch raises at its own code while capturing the graph: LeafSpec, and `_check_is_size` in
+    the graph it traces from a recurrent model) and reuse its op table (see below)."""
     logger = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), _reused_op_table():
             warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*_check_is_size.*",
+                                    category=FutureWarning)
             yield
     finally:
         logger.setLevel(level)
