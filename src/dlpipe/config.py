@@ -257,6 +257,14 @@ class DataConfig(Section):
     chunk_rows: int = Field(default=131_072, ge=1_000)
     """Rows per chunk when streaming (`stream: true`): memory grows with this, not the file."""
 
+    def role_columns(self) -> dict[str, str]:
+        """The columns that are not model inputs, by field path: the target and the split's
+        own columns (group, time, split column)."""
+        named = {"data.target": self.target, "data.split.group_column": self.split.group_column,
+                 "data.split.time_column": self.split.time_column,
+                 "data.split.column": self.split.column}
+        return {path: column for path, column in named.items() if column is not None}
+
 
 # -- features, model ---------------------------------------------------------------------
 

@@ -148,6 +148,22 @@ def test_settings_that_need_the_whole_table_are_refused_by_name(tmp_path, data, 
         data_run(cfg_for(src, **data), runs.RunDir.create(tmp_path / "run"))
 
 
+def test_the_split_columns_are_not_inputs_as_in_memory(tmp_path):
+    src = write(table(2000), tmp_path / "t.parquet")
+    cfg = cfg_for(src, split={"method": "group", "group_column": "group", "time_column": "c"})
+    result = data_run(cfg, runs.RunDir.create(tmp_path / "run"))
+    inputs = {c["name"] for c in result.schema["columns"]}
+    assert inputs == {"a", "b", "color"}  # not the label, the group or the time column
+
+
+def test_a_final_fit_on_train_and_val_is_refused_by_name(tmp_path):
+    src = write(table(2000), tmp_path / "t.parquet")
+    cfg = load_config({"data": {"source": {"path": str(src)}, "target": "label",
+                                "stream": True}, "train": {"fit_on": "train+val"}})
+    with pytest.raises(ConfigError, match=r"train\.fit_on"):
+        data_run(cfg, runs.RunDir.create(tmp_path / "run"))
+
+
 def test_a_stage_that_loads_whole_splits_is_refused(tmp_path):
     src = write(table(2000), tmp_path / "t.parquet")
     cfg = load_config({"data": {"source": {"path": str(src)}, "target": "label",

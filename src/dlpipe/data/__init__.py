@@ -83,7 +83,7 @@ def run(cfg: PipelineConfig, rundir: runs.RunDir, frame: pd.DataFrame | None = N
     digest = data_hash(table)
     profile: dict[str, Any] = {
         "source": source, "rows_read": len(table), "columns_read": table.shape[1]}
-    roles = _roles(data)
+    roles = data.role_columns()
     table, dropped = _before_split(table, data, roles, profile)
     inputs = [c for c in table.columns if c != data.target and c not in roles.values()]
     if not inputs:
@@ -275,14 +275,6 @@ def _check_media(table: pd.DataFrame, kinds: dict[str, str], data: DataConfig,
     if len(table) == 0:
         raise DataError("data.clean.bad_images: every row was skipped; no image could be read")
     return table
-
-
-def _roles(data: DataConfig) -> dict[str, str]:
-    """Columns that are not model inputs: the target and the split's own columns."""
-    named = {"data.target": data.target, "data.split.group_column": data.split.group_column,
-             "data.split.time_column": data.split.time_column, "data.split.column":
-             data.split.column}
-    return {path: column for path, column in named.items() if column is not None}
 
 
 def _check_roles(table: pd.DataFrame, data: DataConfig, roles: dict[str, str]) -> None:

@@ -105,6 +105,9 @@ def _refuse_whole_table_settings(cfg: PipelineConfig) -> None:
     if cfg.evaluate.cv_folds >= 2:
         problems.append(("evaluate.cv_folds", "cross-validation loads the whole table; set "
                          "it to 0 with data.stream"))
+    if cfg.train.fit_on != "train":
+        problems.append(("train.fit_on", "streamed data trains on the train split; set it "
+                         "to train with data.stream"))
     if problems:
         raise ConfigError(problems)
 
@@ -145,7 +148,7 @@ class _Pass:
         self.data, self.path, self.seed = data, path, seed
         self.file = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering keeps every chunk read
         names = self.file.schema_arrow.names
-        self.roles = _roles(data)
+        self.roles = data.role_columns()
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise DataError(f"data.source: column names appear more than once: "
@@ -471,12 +474,6 @@ class _Pass:
                                for c, b in bounds.items()},
                    "approximate": config.method == "iqr"}
         return bounds, section
-
-
-def _roles(data: DataConfig) -> dict[str, str]:
-    named = {"data.target": data.target, "data.split.group_column": data.split.group_column,
-             "data.split.column": data.split.column}
-    return {path: column for path, column in named.items() if column is not None}
 
 
 def _row_hashes(frame: pd.DataFrame, kinds: dict[str, str]) -> np.ndarray:
