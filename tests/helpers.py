@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+TESTS = Path(__file__).resolve().parent
 
 
 def minimal_config(**sections: Any) -> dict[str, Any]:
@@ -78,3 +88,68 @@ def tiny_input(layout: list[dict[str, Any]], batch: int = 8, seed: int = 0) -> A
         else:
             parts.append(torch.randn(batch, block["width"], generator=gen))
     return torch.cat(parts, dim=1)
+
+
+# -- torchrun jobs of 2 CPU processes -------------------------------------------------------
+
+# Installed into every process of a torchrun job (sitecustomize runs at interpreter start):
+# logs each file that dlpipe.runs writes, with the writer's rank.
+_SITECUSTOMIZE = """
+import os
+import dlpipe.runs as runs
+
+_write = runs._write_synced
+
+def _logged(path, data):
+    with open(os.environ["DLPIPE_TEST_WRITES"], "a") as log:
+        log.write(f"{os.environ.get('RANK', '-')}\\t{path}\\n")
+    _write(path, data)
+
+runs._write_synced = _logged
+"""
+
+
+@dataclass
+class Job:
+    """A finished torchrun job: its run directory, output and (rank, file) writes."""
+
+    run_dir: Path
+    stdout: str
+    stderr: str
+    writes: list[tuple[str, str]]
+
+
+def torchrun(tmp: Path, config: dict, run_dir: Path, *extra: str,
+             pythonpath: Sequence[Path] = ()) -> Callable[[], Job]:
+    """Start `dlpipe run` on 2 CPU processes (gloo); return a function that waits for the job.
+
+    Every process logs the files it writes through `dlpipe.runs` (see `Job.writes`);
+    `pythonpath` adds folders the job imports from (a test module's loss, for example)."""
+    site = tmp / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    config_file = tmp / f"{run_dir.name}.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    writes, out, err = (tmp / f"{run_dir.name}.{kind}" for kind in ("writes", "out", "err"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DLPIPE_TEST_WRITES": str(writes),
+           "PYTHONPATH": os.pathsep.join([str(site), *map(str, pythonpath), str(TESTS),
+                                          os.environ.get("PYTHONPATH", "")])}
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+             "2", *extra, "-m", "dlpipe", "run", str(config_file), "--run-dir", str(run_dir)],
+            env=env, stdout=stdout, stderr=stderr,
+        )
+
+    def wait() -> Job:
+        try:
+            code = proc.wait(timeout=300)
+        finally:
+            proc.kill()  # only if it is still running: a hung job
+        job = Job(run_dir, out.read_text(), err.read_text(), [
+            tuple(line.split("\t", 1))
+            for line in (writes.read_text().splitlines() if writes.exists() else [])])
+        assert code == 0, job.stdout[-3000:] + job.stderr[-5000:]
+        return job
+
+    return wait

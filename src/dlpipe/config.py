@@ -443,6 +443,12 @@ class TrainConfig(Section):
     """Mixed precision: forward passes under bf16 / fp16 autocast (fp16 with a gradient
     scaler); weights and optimizer state stay fp32."""
 
+    sync_batchnorm: bool = False
+    """Under torchrun on GPUs: batch norm layers take their batch statistics over the global
+    batch (SyncBatchNorm, one more all-reduce per layer and step) instead of each process's
+    share, which matters when those shares are small. Ignored in a single process; PyTorch
+    has it for GPUs only, so a job of CPU processes refuses it."""
+
     compile: bool = False
     """Train the network through `torch.compile` (the first epoch pays for compiling). Weights
     and checkpoints are the plain network's; evaluation, prediction and export never compile."""

@@ -10,16 +10,11 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import yaml
 
 import dlpipe
 from dlpipe.config import load_config
@@ -35,7 +30,7 @@ from dlpipe.train.distributed import (
 )
 from dlpipe.train.loop import TensorBatches
 from dlpipe.train.state import TrainState
-from helpers import minimal_config
+from helpers import minimal_config, torchrun
 
 HERE = Path(__file__).resolve().parent
 EPOCHS = 6
@@ -127,6 +122,13 @@ def test_config_problems_name_the_batch_size_and_devices_a_job_cannot_share():
     assert "use cuda" in dict(config_problems(mps, 2, 2))["train.device"]
 
 
+def test_sync_batchnorm_on_cpu_processes_is_refused_by_name():
+    cfg = load_config(minimal_config(train={"batch_size": 32, "device": "cpu",
+                                            "sync_batchnorm": True}))
+    problems = dict(config_problems(cfg, 2, 2))
+    assert "GPUs only" in problems["train.sync_batchnorm"]
+
+
 def test_one_process_joins_no_group(monkeypatch):
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
@@ -173,24 +175,49 @@ def test_without_a_rendezvous_id_the_run_directory_must_be_named():
     assert named.default_run_dir("tiny") == Path("runs/tiny-job-42")
 
 
+@pytest.mark.parametrize("accumulation", [1, 3])
+def test_gradients_are_all_reduced_once_per_optimizer_step(tmp_path, accumulation):
+    """With gradient accumulation, the micro-batches before a step run under DDP's no_sync:
+    one all-reduce per step (counted by a communication hook), and the same weights."""
+    import torch.distributed as dist
+
+    from dlpipe.train.loop import fit
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        group = Group(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+        x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+
+        def trained(wrapped: bool) -> tuple[torch.nn.Module, int]:
+            torch.manual_seed(0)
+            model = torch.nn.Linear(3, 1)
+            net, reduced = model, []
+            if wrapped:
+                net = group.wrap(model)
+
+                def count(state, bucket):  # the default all-reduce, counted
+                    reduced.append(1)
+                    return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(
+                        lambda fut: fut.value()[0])
+
+                net.register_comm_hook(None, count)
+            batches = TensorBatches(x, x[:, 0], 4, shuffle=True,
+                                    generator=torch.Generator().manual_seed(1))
+            fit(net, batches, None, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                loss_fn=lambda out, y: torch.nn.functional.mse_loss(out.squeeze(1), y),
+                epochs=2, accumulation=accumulation)
+            return model, len(reduced)
+
+        ddp, reductions = trained(True)
+        plain, _ = trained(False)
+        assert reductions == 2 * -(-10 // accumulation)  # 10 batches an epoch, 1 bucket
+        torch.testing.assert_close(ddp.weight, plain.weight)
+    finally:
+        dist.destroy_process_group()
+
+
 # -- real torchrun jobs ---------------------------------------------------------------------
-
-# Installed into every process of a torchrun job (sitecustomize runs at interpreter start):
-# logs each file that dlpipe.runs writes, with the writer's rank.
-_SITECUSTOMIZE = """
-import os
-import dlpipe.runs as runs
-
-_write = runs._write_synced
-
-def _logged(path, data):
-    with open(os.environ["DLPIPE_TEST_WRITES"], "a") as log:
-        log.write(f"{os.environ.get('RANK', '-')}\\t{path}\\n")
-    _write(path, data)
-
-runs._write_synced = _logged
-"""
-
 
 def loss_killing_rank_1(run_dir: str, marker: str, after_epoch: int = 2):
     """The default binary loss, which kills (SIGKILL) rank 1 at its first training step after
@@ -211,48 +238,6 @@ def loss_killing_rank_1(run_dir: str, marker: str, after_epoch: int = 2):
     return loss
 
 
-@dataclass
-class Job:
-    """A finished torchrun job: its run directory, output and (rank, file) writes."""
-
-    run_dir: Path
-    stdout: str
-    stderr: str
-    writes: list[tuple[str, str]]
-
-
-def _torchrun(tmp: Path, config: dict, run_dir: Path, *extra: str) -> Callable[[], Job]:
-    """Start `dlpipe run` on 2 CPU processes; return a function that waits for the job."""
-    site = tmp / "site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
-    config_file = tmp / f"{run_dir.name}.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    writes, out, err = (tmp / f"{run_dir.name}.{kind}" for kind in ("writes", "out", "err"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DLPIPE_TEST_WRITES": str(writes),
-           "PYTHONPATH": os.pathsep.join([str(site), str(HERE), str(HERE.parent),
-                                          os.environ.get("PYTHONPATH", "")])}
-    with open(out, "w") as stdout, open(err, "w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-             "2", *extra, "-m", "dlpipe", "run", str(config_file), "--run-dir", str(run_dir)],
-            env=env, stdout=stdout, stderr=stderr,
-        )
-
-    def wait() -> Job:
-        try:
-            code = proc.wait(timeout=300)
-        finally:
-            proc.kill()  # only if it is still running: a hung job
-        job = Job(run_dir, out.read_text(), err.read_text(), [
-            tuple(line.split("\t", 1))
-            for line in (writes.read_text().splitlines() if writes.exists() else [])])
-        assert code == 0, job.stdout[-3000:] + job.stderr[-5000:]
-        return job
-
-    return wait
-
-
 def _files(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
 
@@ -268,7 +253,7 @@ def jobs(tmp_path_factory) -> dict[str, Any]:
     config = {**CONFIG, "train": {**CONFIG["train"], "loss": {
         "name": "test_distributed:loss_killing_rank_1", "run_dir": str(run_dir),
         "marker": str(marker)}}}
-    job = _torchrun(tmp, config, run_dir, "--max-restarts", "1")
+    job = torchrun(tmp, config, run_dir, "--max-restarts", "1", pythonpath=[HERE])
     single = dlpipe.run(CONFIG, run_dir=tmp / "single")
     return {"ddp": job(), "single": single, "marker": marker}
 
@@ -367,3 +352,28 @@ def test_on_cuda_a_one_process_nccl_group_trains_shares_and_gathers(tmp_path):
         group.barrier()
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_sync_batchnorm_trains_and_keeps_the_parameters_and_checkpoint_keys(tmp_path):
+    import torch.distributed as dist
+
+    from dlpipe.models.cnn import cnn
+
+    model = cnn((1, 8, 8), 3, blocks=[{"channels": 4, "kernel": 3, "batch_norm": True}],
+                hidden=[]).cuda()
+    keys, params = list(model.state_dict()), list(model.parameters())
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        group = Group(rank=0, world_size=1, local_rank=0, device=torch.device("cuda", 0))
+        ddp = group.wrap(model, sync_batchnorm=True)
+        ddp(torch.randn(6, 64, device="cuda")).sum().backward()
+    finally:
+        dist.destroy_process_group()
+    kinds = {type(m) for m in model.modules()}
+    assert torch.nn.SyncBatchNorm in kinds and torch.nn.BatchNorm2d not in kinds
+    assert list(model.state_dict()) == keys  # checkpoints and weights files unchanged
+    assert all(a is b for a, b in zip(model.parameters(), params, strict=True))  # the optimizer's
+    assert all(p.grad is not None for p in params)

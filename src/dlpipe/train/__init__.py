@@ -78,9 +78,9 @@ def run(cfg: PipelineConfig, rundir: RunDir, *, resume: bool = False,
     if cfg.data.stream:  # larger than memory: batches read from the prepared files
         from dlpipe.train.stream import StreamedSplit
 
-        if group is not None or cfg.train.fit_on != "train":
-            raise ConfigError([("data.stream", "streamed data trains in one process on the "
-                                               "train split (no torchrun, fit_on: train)")])
+        if cfg.train.fit_on != "train":
+            raise ConfigError([("data.stream", "streamed data trains on the train split "
+                                               "(fit_on: train)")])
         train_xy, val_xy = StreamedSplit.of(rundir, "train"), StreamedSplit.of(rundir, "val")
     else:
         train_xy = fitted.arrays(rundir.read_split("train"))
@@ -190,6 +190,8 @@ def fit_arrays(
         train = StreamBatches(train_xy, tc.batch_size, shuffle=True, generator=generator,
                               buffer_rows=tc.shuffle_buffer, **blocks)
         val = StreamBatches(val_xy, 4096, **blocks) if has_val else None
+        if group is not None:  # each rank reads its own rows of every epoch from disk
+            train, val = group.shard(train), group.shard(val) if val is not None else None
     else:
         train = TensorBatches(x_train, y_train, tc.batch_size, shuffle=True,
                               generator=generator)
@@ -376,7 +378,7 @@ def _trainable(model: nn.Module, group: Group | None, tc: TrainConfig) -> nn.Mod
     Only the loop sees the wrappers; checkpoints, best weights, the weight average and the
     delivered weights are `model`'s own (no ``module.`` or ``_orig_mod.`` prefixes).
     """
-    net = model if group is None else group.wrap(model)
+    net = model if group is None else group.wrap(model, sync_batchnorm=tc.sync_batchnorm)
     if tc.compile:
         net = torch.compile(net, mode=None if tc.compile_mode == "default" else tc.compile_mode)
     return net

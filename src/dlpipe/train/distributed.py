@@ -47,9 +47,10 @@ from dlpipe.runs import RunDir
 from dlpipe.train.callbacks import Callback
 from dlpipe.train.loop import Batch, TensorBatches
 from dlpipe.train.state import TrainState
+from dlpipe.train.stream import StreamBatches
 
-__all__ = ["Group", "SeedPerRank", "ShardedBatches", "config_problems", "is_main_process",
-           "join"]
+__all__ = ["Group", "SeedPerRank", "ShardedBatches", "ShardedStreamBatches", "config_problems",
+           "is_main_process", "join"]
 
 T = TypeVar("T")
 
@@ -107,6 +108,10 @@ def config_problems(cfg: PipelineConfig, world: int, local_world: int) -> list[t
         problems.append(("train.device", f"torchrun started {local_world} processes on this "
                                          f"node, which has {gpus} GPU{'s' * (gpus != 1)}; use "
                                          f"--nproc-per-node {gpus} or train.device=cpu"))
+    if tc.sync_batchnorm and not _wants_cuda(name):
+        problems.append(("train.sync_batchnorm", "PyTorch's SyncBatchNorm runs on GPUs only "
+                                                 "and this job trains on CPU processes; set it "
+                                                 "to false"))
     return problems
 
 
@@ -179,20 +184,27 @@ class Group:
         """Rank 0: the one process that writes the run directory."""
         return self.rank == 0
 
-    def shard(self, batches: TensorBatches) -> ShardedBatches:
-        """This rank's share of `batches` (same tensors, batch size and generator)."""
+    def shard(self, batches: TensorBatches) -> TensorBatches:
+        """This rank's share of `batches` (same data, batch size and generator)."""
+        if isinstance(batches, StreamBatches):
+            return ShardedStreamBatches(batches, rank=self.rank, world_size=self.world_size)
         return ShardedBatches(batches.x, batches.y, batches.batch_size, rank=self.rank,
                               world_size=self.world_size, shuffle=batches.shuffle,
                               generator=batches.generator)
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module, *, sync_batchnorm: bool = False) -> nn.Module:
         """`model` in DistributedDataParallel, which averages gradients across ranks.
 
         Only the training loop sees the wrapper: checkpoints, best weights and the weight
-        average keep `model` itself, so their keys have no ``module.`` prefix.
+        average keep `model` itself, so their keys have no ``module.`` prefix. With
+        `sync_batchnorm`, `model`'s batch norm layers are first replaced, in place, by
+        SyncBatchNorm layers holding the same parameters and running statistics (the
+        optimizer's parameters and the checkpoint keys stay the same).
         """
         from torch.nn.parallel import DistributedDataParallel
 
+        if sync_batchnorm:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
 
@@ -258,7 +270,37 @@ class Group:
         return SeedPerRank(seed, self.rank, generators)
 
 
-class ShardedBatches(TensorBatches):
+class _Shares:
+    """What the shares of a split have in common: rank r evaluates the r-th contiguous block
+    of ``ceil(N / world_size)`` rows, padded to that length with copies of row 0, so every rank
+    runs the same forward passes; `gather` and `average` put the ranks' results together."""
+
+    world_size: int
+    block: int
+    counts: list[int]
+
+    def _blocks(self, n: int, rank: int) -> tuple[int, int]:
+        """Set `block` and `counts` for `n` rows; return this rank's rows [start, stop)."""
+        self.block = -(-n // self.world_size)  # rows per rank when evaluating
+        bounds = [(min(r * self.block, n), min((r + 1) * self.block, n))
+                  for r in range(self.world_size)]
+        self.counts = [stop - start for start, stop in bounds]
+        return bounds[rank]
+
+    def gather(self, outputs: torch.Tensor) -> torch.Tensor:
+        """(block, ...) outputs of this rank's rows → (N, ...) outputs of all rows, in order."""
+        parts = [torch.empty_like(outputs) for _ in range(self.world_size)]
+        dist.all_gather(parts, outputs.contiguous())
+        return torch.cat([part[:count] for part, count in zip(parts, self.counts, strict=True)])
+
+    def average(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of `value` over every rank (the same on every rank)."""
+        total = value.detach().clone()
+        dist.all_reduce(total)
+        return total / self.world_size
+
+
+class ShardedBatches(_Shares, TensorBatches):
     """This rank's share of every batch of a `TensorBatches`, for DistributedDataParallel.
 
     Training (``shuffle=True``): every rank draws the same permutation from the same
@@ -286,11 +328,7 @@ class ShardedBatches(TensorBatches):
             raise ConfigError([("train.batch_size", _batch_message(batch_size, world_size))])
         super().__init__(x, y, batch_size, shuffle=shuffle, generator=generator)
         self.rank, self.world_size = rank, world_size
-        n = len(x)
-        self.block = -(-n // world_size)  # rows per rank when evaluating
-        bounds = [(min(r * self.block, n), min((r + 1) * self.block, n)) for r in range(world_size)]
-        self.counts = [stop - start for start, stop in bounds]
-        start, stop = bounds[rank]
+        start, stop = self._blocks(len(x), rank)
         pad = torch.zeros(self.block - (stop - start), dtype=torch.long)
         self._rows = torch.cat([torch.arange(start, stop), pad]).to(x.device)
 
@@ -316,17 +354,94 @@ class ShardedBatches(TensorBatches):
             idx = rows[self.rank * share:(self.rank + 1) * share]
             yield self.x[idx], self.y[idx]
 
-    def gather(self, outputs: torch.Tensor) -> torch.Tensor:
-        """(block, ...) outputs of this rank's rows → (N, ...) outputs of all rows, in order."""
-        parts = [torch.empty_like(outputs) for _ in range(self.world_size)]
-        dist.all_gather(parts, outputs.contiguous())
-        return torch.cat([part[:count] for part, count in zip(parts, self.counts, strict=True)])
+class ShardedStreamBatches(_Shares, StreamBatches):
+    """This rank's disjoint share of a streamed split (`StreamBatches`), for DDP.
 
-    def average(self, value: torch.Tensor) -> torch.Tensor:
-        """The mean of `value` over every rank (the same on every rank)."""
-        total = value.detach().clone()
-        dist.all_reduce(total)
-        return total / self.world_size
+    Each rank reads only its own rows from disk. Training (``shuffle=True``): every rank draws
+    the same random block order from the shared generator; the epoch's rows, in that order,
+    are cut into `world_size` equal contiguous segments (the last ``N mod world_size`` rows
+    left out, different ones each epoch), and rank r streams segment r through its own
+    shuffle buffer, shuffled by a generator seeded from the shared one and r. Every rank
+    trains ``batch_size / world_size`` rows a step, the same number of steps (a last short
+    step only when its shares have at least min(2, share) rows), so the averaged gradient is
+    the one of a global batch of `batch_size` rows. Unlike `ShardedBatches`, those global
+    batches are not the single process's: its buffer mixes blocks that here go to different
+    ranks. The shared generator advances the same on every rank, and is all a checkpoint
+    needs, so a job resumes on any number of processes.
+
+    Evaluation (``shuffle=False``): contiguous blocks padded with row 0, as in
+    `ShardedBatches`, read in batches straight from the file.
+
+    Raises:
+        ConfigError: a training `batch_size` that `world_size` does not divide.
+    """
+
+    def __init__(self, batches: StreamBatches, *, rank: int, world_size: int) -> None:
+        if batches.shuffle and batches.batch_size % world_size:
+            raise ConfigError([("train.batch_size",
+                                _batch_message(batches.batch_size, world_size))])
+        super().__init__(batches.split, batches.batch_size, block_rows=batches.block_rows,
+                         buffer_rows=batches.blocks_per_buffer * batches.block_rows,
+                         shuffle=batches.shuffle, generator=batches.generator,
+                         device=batches.target)
+        self.rank, self.world_size = rank, world_size
+        self.share = batches.batch_size // world_size if batches.shuffle else batches.batch_size
+        self._rows = self._blocks(len(self.split), rank)
+
+    def __len__(self) -> int:
+        return -(-self._stop() // self.share)
+
+    def _stop(self) -> int:
+        if not self.shuffle:
+            return self.block
+        segment = len(self.split) // self.world_size
+        short = segment % self.share  # rows of the last step, on each rank
+        return segment - short if 0 < short < min(2, self.share) else segment
+
+    def _host_batches(self) -> Iterator[Batch]:
+        if not self.shuffle:
+            yield from self._evaluation_batches()
+            return
+        n, world = len(self.split), self.world_size
+        order = torch.randperm(-(-n // self.block_rows), generator=self.generator).tolist()
+        seed = int(torch.randint(2**62, (1,), generator=self.generator))
+        mine = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([seed, self.rank]).generate_state(1, np.uint64)[0] >> 1))
+        segment = n // world
+        lo, hi = self.rank * segment, (self.rank + 1) * segment  # positions in the epoch's rows
+        ranges, position = [], 0
+        for b in order:
+            start, stop = self._block(b)
+            a, z = max(lo, position), min(hi, position + stop - start)
+            if a < z:
+                ranges.append((start + a - position, start + z - position))
+            position += stop - start
+        buffer_rows = self.blocks_per_buffer * self.block_rows
+        groups: list[list[tuple[int, int]]] = [[]]
+        filled = 0
+        for start, stop in ranges:
+            if filled >= buffer_rows:
+                groups.append([])
+                filled = 0
+            groups[-1].append((start, stop))
+            filled += stop - start
+        yield from self._cut([g for g in groups if g], mine, self.share, self._stop())
+
+    def _evaluation_batches(self) -> Iterator[Batch]:
+        start, stop = self._rows
+        first: tuple[np.ndarray, np.ndarray] | None = None
+        for offset in range(0, self.block, self.batch_size):
+            rows = min(self.batch_size, self.block - offset)
+            lo, hi = min(start + offset, stop), min(start + offset + rows, stop)
+            x, y = self.split.x.read(lo, hi), self.split.y.read(lo, hi)
+            if hi - lo < rows:  # padding: copies of the split's first row
+                if first is None:
+                    first = self.split.x.read(0, 1), self.split.y.read(0, 1)
+                pad = rows - (hi - lo)
+                x = np.concatenate([x, np.repeat(first[0], pad, axis=0)])
+                y = np.concatenate([y, np.repeat(first[1], pad, axis=0)])
+            yield torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(
+                np.ascontiguousarray(y))
 
 
 class SeedPerRank(Callback):

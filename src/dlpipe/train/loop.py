@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -15,6 +16,7 @@ from dlpipe.train.state import TrainState
 Batch = tuple[torch.Tensor, torch.Tensor]
 _SYNC_EVERY = 32
 """Batches between two non-finite-loss checks on an accelerator (each check syncs)."""
+_nothing = contextlib.nullcontext()
 
 
 class TensorBatches:
@@ -151,24 +153,28 @@ def fit(
         # loss is checked every _SYNC_EVERY batches (the running sum carries any NaN/inf).
         check_every = 1 if train.device.type == "cpu" else _SYNC_EVERY
         for i, (x, y) in enumerate(train):
+            steps = (i + 1) % accumulation == 0 or i + 1 == n_batches
             if augment is not None:
                 x, y = augment(x, y)
-            with precision.autocast():
-                out = model(x)
-                loss = loss_fn(out, y)
-            if outputs is not None:  # kept on the device: scored once at the epoch's end
-                outputs.append(out.detach())
-                targets.append(y)
-            if penalty is not None:
-                loss = loss + penalty()
-            loss_sum += loss.detach()                    # no .item(): no sync per batch
-            if ((i + 1) % check_every == 0 or i + 1 == n_batches) and not torch.isfinite(
-                    loss_sum):
-                bad = loss if not torch.isfinite(loss) else loss_sum  # the NaN/inf itself
-                raise _non_finite(model, x, state, bad, check_every)
-            scaled = loss / accumulation if accumulation > 1 else loss
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            if (i + 1) % accumulation == 0 or i + 1 == n_batches:
+            # Under DDP, a micro-batch that does not end an accumulation keeps its gradients
+            # local: one all-reduce per optimizer step, not one per batch.
+            with model.no_sync() if not steps and hasattr(model, "no_sync") else _nothing:
+                with precision.autocast():
+                    out = model(x)
+                    loss = loss_fn(out, y)
+                if outputs is not None:  # kept on the device: scored once at the epoch's end
+                    outputs.append(out.detach())
+                    targets.append(y)
+                if penalty is not None:
+                    loss = loss + penalty()
+                loss_sum += loss.detach()                    # no .item(): no sync per batch
+                if ((i + 1) % check_every == 0 or i + 1 == n_batches) and not torch.isfinite(
+                        loss_sum):
+                    bad = loss if not torch.isfinite(loss) else loss_sum  # the NaN/inf itself
+                    raise _non_finite(model, x, state, bad, check_every)
+                scaled = loss / accumulation if accumulation > 1 else loss
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            if steps:
                 if scaler is not None:
                     scaler.unscale_(optimizer)           # clip the true gradients
                 if grad_clip is not None:

@@ -110,22 +110,30 @@ class StreamBatches(TensorBatches):
             yield (hx.to(self.target, non_blocking=cuda), hy.to(self.target, non_blocking=cuda))
 
     def _host_batches(self) -> Iterator[Batch]:
-        n, bs = len(self.split), self.batch_size
-        n_blocks = -(-n // self.block_rows)
-        if not self.shuffle:
-            groups = [list(range(b, min(b + self.blocks_per_buffer, n_blocks)))
-                      for b in range(0, n_blocks, self.blocks_per_buffer)]
-        else:
-            order = torch.randperm(n_blocks, generator=self.generator).tolist()
-            groups = [order[b:b + self.blocks_per_buffer]
-                      for b in range(0, n_blocks, self.blocks_per_buffer)]
+        n_blocks = -(-len(self.split) // self.block_rows)
+        order = (torch.randperm(n_blocks, generator=self.generator).tolist() if self.shuffle
+                 else list(range(n_blocks)))
+        groups = [[self._block(b) for b in order[g:g + self.blocks_per_buffer]]
+                  for g in range(0, n_blocks, self.blocks_per_buffer)]
+        yield from self._cut(groups, self.generator, self.batch_size, self._stop())
+
+    def _block(self, b: int) -> tuple[int, int]:
+        """The rows [start, stop) of block `b`."""
+        return b * self.block_rows, min((b + 1) * self.block_rows, len(self.split))
+
+    def _cut(self, groups: list[list[tuple[int, int]]], generator: torch.Generator | None,
+             batch_size: int, stop: int) -> Iterator[Batch]:
+        """Batches of `batch_size` rows (the last may be shorter), `stop` rows in all, from
+        `groups` of row ranges: each group is read as one buffer (the next one by a thread
+        while this one trains) and, when shuffling, its rows are permuted by `generator`;
+        the rows left over (less than a batch) join the next buffer."""
         if not groups:
             return
-        # The thread only reads the next group of blocks; every draw from the generator
-        # happens here, in order, so the batches do not depend on the thread's timing.
+        # The thread only reads; every draw from the generator happens here, in order, so the
+        # batches do not depend on the thread's timing.
         carry_x = np.empty((0, *self.split.x.shape[1:]), dtype=self.split.x.dtype)
         carry_y = np.empty((0,), dtype=self.split.y.dtype)
-        yielded, stop = 0, self._stop()
+        yielded = 0
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending: Future[tuple[np.ndarray, np.ndarray]] = pool.submit(self._read, groups[0])
             for g in range(len(groups)):
@@ -134,27 +142,23 @@ class StreamBatches(TensorBatches):
                     pending = pool.submit(self._read, groups[g + 1])
                 bx, by = np.concatenate([carry_x, bx]), np.concatenate([carry_y, by])
                 if self.shuffle:
-                    perm = torch.randperm(len(bx), generator=self.generator).numpy()
+                    perm = torch.randperm(len(bx), generator=generator).numpy()
                     bx, by = bx[perm], by[perm]
                 last = g + 1 == len(groups)
-                whole = len(bx) if last else len(bx) - len(bx) % bs
-                for start in range(0, whole, bs):
-                    rows = min(bs, stop - yielded)
+                whole = len(bx) if last else len(bx) - len(bx) % batch_size
+                for start in range(0, whole, batch_size):
+                    rows = min(batch_size, stop - yielded, whole - start)
                     if rows <= 0:
                         return
-                    rows = min(rows, whole - start)
                     yield (torch.from_numpy(bx[start:start + rows]),
                            _tensor(by[start:start + rows]))
                     yielded += rows
                 carry_x, carry_y = bx[whole:], by[whole:]
 
-    def _read(self, blocks: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """The rows of `blocks`, in that order."""
-        xs, ys = [], []
-        for b in blocks:
-            start, stop = b * self.block_rows, (b + 1) * self.block_rows
-            xs.append(self.split.x.read(start, stop))
-            ys.append(self.split.y.read(start, stop))
+    def _read(self, ranges: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of `ranges`, in that order."""
+        xs = [self.split.x.read(start, stop) for start, stop in ranges]
+        ys = [self.split.y.read(start, stop) for start, stop in ranges]
         return np.concatenate(xs), np.concatenate(ys)
 
 
