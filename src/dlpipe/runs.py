@@ -242,17 +242,8 @@ class RunDir:
         """A temporary path to stream a large file into; renamed to `artifact` when the block
         ends without an error, deleted when it raises. Nothing half-written is left."""
         path = self.path / (artifact.filename if isinstance(artifact, Artifact) else artifact)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}{_TMP_SUFFIX}")
-        try:
+        with replacing(path) as tmp:
             yield tmp
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
         self._cache.pop(f"split:{path.stem}", None)
 
     def split_rows(self, split: str) -> int:
@@ -433,6 +424,24 @@ def _nullable_integers(handle: Any) -> set[str]:
                 found.add(field.name)
                 break
     return found
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to stream a file into: when the block ends without an
+    error it is fsynced and renamed to `path` (then the folder fsynced); when it raises it is
+    deleted, and `path` is left as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{_TMP_SUFFIX}")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -97,6 +97,23 @@ def test_predicting_a_file_in_chunks_matches_predicting_it_whole(source, streame
     np.testing.assert_allclose(got["probability_yes"], whole["probability_yes"], atol=1e-6)
 
 
+def test_a_bundle_predicts_a_file_in_chunks_as_the_run_does(source, streamed, tmp_path):
+    from dlpipe import export
+
+    rows = pd.read_parquet(source).iloc[:3000].drop(columns=["label"])
+    path = tmp_path / "rows.csv"
+    rows.to_csv(path, index=False)
+    rundir = RunDir.open(streamed.path)
+    bundle = export.load_bundle(export.run(load_run_config(rundir), rundir,
+                                           out=tmp_path / "bundle"))
+    ours, theirs = tmp_path / "bundle.jsonl", tmp_path / "run.jsonl"
+    assert bundle.predict_file(path, ours, chunk_rows=1000) == 3000
+    dlpipe.load(streamed.path).predict_file(path, theirs, chunk_rows=1000)
+    got, expected = pd.read_json(ours, lines=True), pd.read_json(theirs, lines=True)
+    assert (got["prediction"] == expected["prediction"]).all()
+    np.testing.assert_allclose(got["probability_yes"], expected["probability_yes"], atol=1e-5)
+
+
 def test_a_bad_row_in_a_streamed_file_is_named_by_its_row_in_the_file(source, streamed,
                                                                       tmp_path):
     rows = pd.read_parquet(source).iloc[:3000].drop(columns=["label"]).astype({"f5": object})

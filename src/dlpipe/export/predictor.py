@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 
-from dlpipe._prediction import Prediction, prediction_from_scores
+from dlpipe._prediction import Prediction, RowPredictor, scores_from_outputs
 from dlpipe.errors import ExportError
 from dlpipe.export import _runtime
 from dlpipe.export.bundle import FEATURES, SIGNATURE, VARIANTS, verify_bundle
@@ -30,8 +29,9 @@ from dlpipe.features import FittedFeatures
 __all__ = ["OnnxPredictor", "Prediction", "load_bundle"]
 
 
-class OnnxPredictor:
-    """A bundle's ONNX graph and fitted preprocessing, ready to predict on raw rows."""
+class OnnxPredictor(RowPredictor):
+    """A bundle's ONNX graph and fitted preprocessing, ready to predict on raw rows (or a whole
+    file, `predict_file`)."""
 
     def __init__(self, session: Any, fitted: FittedFeatures, signature: Mapping[str, Any],
                  *, variant: str = "fp32") -> None:
@@ -39,35 +39,11 @@ class OnnxPredictor:
         self.fitted = fitted
         self.signature = dict(signature)
         self.variant = variant
+        self.threshold = float(self.signature.get("threshold") or 0.5)
+        self.target = self.signature.get("target")
 
-    @property
-    def task(self) -> str:
-        return self.fitted.task
-
-    @property
-    def classes(self) -> list[Any]:
-        return self.fitted.classes
-
-    @property
-    def threshold(self) -> float:
-        return float(self.signature.get("threshold") or 0.5)
-
-    def predict(self, rows: pd.DataFrame | np.ndarray | Sequence[Mapping[str, Any]]
-                ) -> Prediction:
-        """Predict raw rows: a DataFrame, a list of dicts, or a 2-D array in column order."""
-        frame = self.fitted.validate_input(
-            self.fitted.frame_of(rows),
-            target=self.signature.get("target"))
-        x = self.fitted.transform(frame)  # (N, F) float32
-        outputs = _runtime.run_batched(self.session, x).astype(np.float32)  # (N, out)
-        if self.task == "binary":
-            scores = _sigmoid(outputs.reshape(-1))  # (N,)
-        elif self.task == "multiclass":
-            scores = _softmax(outputs)  # (N, K)
-        else:
-            scores = outputs.reshape(-1)
-        return prediction_from_scores(self.task, scores, self.fitted.target, self.threshold)
-
+    def _scores(self, x: np.ndarray) -> np.ndarray:
+        return scores_from_outputs(self.task, _runtime.run_batched(self.session, x))
 
 
 def load_bundle(path: str | os.PathLike[str], *,
@@ -127,14 +103,3 @@ def check_onnx_bytes(data: bytes, where: str) -> None:
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise ExportError(f"bundle: {where} has NaN or infinite values in weight "
                               f"{init.name!r}; re-export the run")
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    from scipy.special import expit
-
-    return expit(x.astype(np.float32))
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(axis=1, keepdims=True))  # (N, K), stable
-    return z / z.sum(axis=1, keepdims=True)

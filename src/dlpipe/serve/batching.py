@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dlpipe._prediction import prediction_from_scores
+from dlpipe._prediction import prediction_from_scores, scores_from_outputs
 from dlpipe.errors import DataError, DlpipeError
 from dlpipe.serve.schema import BadRequest, rewrite_data_error
 
@@ -323,15 +323,7 @@ class MicroBatcher:
 
     def _predict(self, raw: np.ndarray) -> Any:
         """Labels and probabilities of raw outputs (B, out), as `OnnxPredictor.predict`."""
-        if self._task == "binary":
-            from scipy.special import expit
-
-            scores = expit(raw.reshape(-1))  # (B,)
-        elif self._task == "multiclass":
-            z = np.exp(raw - raw.max(axis=1, keepdims=True))  # (B, K), stable
-            scores = z / z.sum(axis=1, keepdims=True)
-        else:
-            scores = raw.reshape(-1)
+        scores = scores_from_outputs(self._task, raw)
         return prediction_from_scores(self._task, scores, self._fitted.target, self._threshold)
 
     def _split(self, jobs: Sequence[_Job], raw: np.ndarray, prediction: Any) -> None:
