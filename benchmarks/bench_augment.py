@@ -8,6 +8,10 @@ yardstick, one training step (forward, cross-entropy, backward, AdamW step) of t
 `cnn` (the Keras MNIST tutorial network) on the same batch. Medians over `--runs` calls after
 a warm-up; on CUDA each call is synchronised.
 
+Also counted: the tensor operations one call dispatches (ATen ops, views excluded). On a GPU
+each is a kernel launch, and for a small batch the launches, not the arithmetic, are most of
+an op's time, so this column predicts GPU overhead from any machine.
+
 Usage: python benchmarks/bench_augment.py [--device cpu|cuda] [--threads N] [--runs 50]
        [--write]  (rewrite this script's section of benchmarks/RESULTS.md)
 """
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dlpipe.models.cnn import cnn
 from dlpipe.train.augment import AUGMENTATIONS, build_augment
@@ -46,23 +51,42 @@ def median_ms(fn, runs: int, device: torch.device) -> float:
     return statistics.median(times) * 1e3
 
 
+class _OpCount(TorchDispatchMode):
+    """Counts the ATen operations dispatched inside the block, views excluded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_call(fn) -> int:
+    with _OpCount() as count:
+        fn()
+    return count.n
+
+
 def measure(shape: tuple[int, int, int], device: torch.device,
-            runs: int) -> list[tuple[str, float]]:
+            runs: int) -> list[tuple[str, float, int]]:
     c, h, w = shape
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(128, c * h * w, generator=gen).to(device)  # (B, C*H*W)
     y = torch.randint(0, 10, (128,), generator=gen).to(device)
     rows = []
 
-    def augment_ms(specs) -> float:
+    def augment(specs) -> tuple[float, int]:
         aug = build_augment(specs, start=0, shape=shape, task="multiclass", n_classes=10, seed=0,
                             device=device)
-        return median_ms(lambda: aug(x, y), runs, device)
+        return median_ms(lambda: aug(x, y), runs, device), ops_per_call(lambda: aug(x, y))
 
     for name in AUGMENTATIONS.names():
         kwargs = {"saturation": 0.2} if name == "color_jitter" and c == 3 else {}
-        rows.append((name, augment_ms([(name, kwargs)])))
-    rows.append(("pipeline: " + " · ".join(n for n, _ in PIPELINE), augment_ms(PIPELINE)))
+        rows.append((name, *augment([(name, kwargs)])))
+    rows.append(("pipeline: " + " · ".join(n for n, _ in PIPELINE), *augment(PIPELINE)))
     torch.manual_seed(0)
     model = cnn(shape, 10).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -73,7 +97,8 @@ def measure(shape: tuple[int, int, int], device: torch.device,
         loss.backward()
         optimizer.step()
 
-    rows.append(("yardstick: one training step of the default cnn", median_ms(step, runs, device)))
+    rows.append(("yardstick: one training step of the default cnn", median_ms(step, runs, device),
+                 ops_per_call(step)))
     return rows
 
 
@@ -95,9 +120,9 @@ def main() -> None:
     for shape in ((1, 28, 28), (3, 32, 32)):
         rows = measure(shape, device, args.runs)
         step = rows[-1][1]
-        lines.append(f"\n| {shape[0]}x{shape[1]}x{shape[2]} | ms / batch | x one step |\n"
-                     "|---|---:|---:|\n")
-        lines += [f"| {name} | {ms:.3f} | {ms / step:.2f} |\n" for name, ms in rows]
+        lines.append(f"\n| {shape[0]}x{shape[1]}x{shape[2]} | ms / batch | x one step "
+                     "| tensor ops / batch |\n|---|---:|---:|---:|\n")
+        lines += [f"| {name} | {ms:.3f} | {ms / step:.2f} | {ops} |\n" for name, ms, ops in rows]
     text = "".join(lines)
     print(text)
     if args.write:

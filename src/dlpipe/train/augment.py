@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Annotated, Any, Literal
 
 import torch
@@ -146,6 +146,8 @@ class BatchAugment:
             else:
                 images = transform(images, self.generator)
         flat = images.reshape(len(x), -1).to(x.dtype)  # (B, C*H*W)
+        if self.start == 0 and stop == x.shape[1] and self.transforms:  # the whole row: no cat
+            return flat, targets  # every transform returns a new tensor
         return torch.cat([x[:, :self.start], flat, x[:, stop:]], dim=1), targets  # a new (B, F)
 
     def soft_targets(self, y: torch.Tensor) -> torch.Tensor:
@@ -363,11 +365,39 @@ def affine(
 def _affine(images: torch.Tensor, generator: torch.Generator, *, degrees: float,
             translate: tuple[float, float], scale: tuple[float, float]) -> torch.Tensor:
     b, _, h, w = images.shape
-    u = 2 * _uniform(generator, images, 4, b) - 1  # (4, B) in [-1, 1)
-    angle = degrees * u[0]
-    zoom = scale[0] + (scale[1] - scale[0]) * (u[1] + 1) / 2
-    shift = torch.stack([translate[0] * w * u[2], translate[1] * h * u[3]], 1)  # (B, 2) px
-    return warp(images, angle, zoom, shift)
+    zooms, moves = scale != (1.0, 1.0), translate != (0.0, 0.0)
+    weight, low = _draw_map(degrees, translate if moves else None, scale if zooms else None,
+                            images.device)
+    u = _uniform(generator, images, weight.shape[1], b)  # (k, B): only what is configured
+    # One matmul maps the uniforms to [angle, angle - 90°, zoom?, tx?, ty?] (radians; shifts
+    # in grid_sample's [-1, 1] units), so one cos gives both cos and sin of the angle.
+    drawn = torch.addmm(low, weight, u)  # (2 + zooms + 2 moves, B)
+    cos_sin = torch.cos(drawn[:2])  # (2, B)
+    if zooms:
+        cos_sin = cos_sin / drawn[2]
+    return _sample(images, _theta(cos_sin, drawn[-2:] if moves else None, h / w))
+
+
+@lru_cache(maxsize=32)
+def _draw_map(degrees: float, translate: tuple[float, float] | None,
+              scale: tuple[float, float] | None,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight (rows, k), low (rows, 1)) with `low + weight @ u` = what `_affine` draws from
+    k uniforms: the angle in radians twice (the second minus pi / 2), the zoom when `scale`
+    is set, and the shift as fractions of the half-width and half-height when `translate`
+    is. Kept on the device, so a batch copies nothing from the host."""
+    rad = math.radians(degrees)
+    rows = [(0, 2 * rad, -rad), (0, 2 * rad, -rad - math.pi / 2)]  # (which uniform, span, low)
+    if scale is not None:
+        rows.append((1, scale[1] - scale[0], scale[0]))
+    if translate is not None:
+        first = 1 + (scale is not None)
+        rows += [(first + i, 4 * t, -2 * t) for i, t in enumerate(translate)]
+    weight = torch.zeros(len(rows), rows[-1][0] + 1)
+    for row, (i, span, _) in enumerate(rows):
+        weight[row, i] = span
+    low = torch.tensor([[lo] for _, _, lo in rows])
+    return weight.to(device), low.to(device)
 
 
 def warp(images: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor,
@@ -386,13 +416,48 @@ def warp(images: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor,
     """
     _, _, h, w = images.shape
     rad = torch.deg2rad(angle.to(images.dtype))
-    cos, sin = torch.cos(rad) / scale, torch.sin(rad) / scale
-    # Output pixel q samples input pixel M (q - shift), M = R(angle) / scale, in pixel
-    # coordinates about the centre; grid_sample wants that map in [-1, 1] coordinates, where
-    # x spans W / 2 pixels per unit and y spans H / 2: theta = D⁻¹ M D, bias -D⁻¹ M shift.
-    row0 = torch.stack([cos, -sin * h / w, -(cos * shift[:, 0] - sin * shift[:, 1]) * 2 / w], 1)
-    row1 = torch.stack([sin * w / h, cos, -(sin * shift[:, 0] + cos * shift[:, 1]) * 2 / h], 1)
-    return _sample(images, torch.stack([row0, row1], 1))  # theta (B, 2, 3)
+    cos_sin = torch.stack([torch.cos(rad), torch.sin(rad)]) / scale  # (2, B)
+    halves = torch.tensor([[w / 2], [h / 2]], dtype=images.dtype, device=images.device)
+    return _sample(images, _theta(cos_sin, shift.T.to(images.dtype) / halves, h / w))
+
+
+def _theta(cos_sin: torch.Tensor, shift: torch.Tensor | None, aspect: float) -> torch.Tensor:
+    """grid_sample's (B, 2, 3) map for a rotation and zoom, then a shift.
+
+    Args:
+        cos_sin: (2, B) c = cos(angle) / zoom and s = sin(angle) / zoom.
+        shift: (2, B) the content's shift (right, down) in [-1, 1] units (tx = 2 px / W), or
+            None for none.
+        aspect: H / W.
+
+    Output pixel q samples input pixel M (q - shift), M = R(angle) / zoom, in pixel
+    coordinates about the centre. In [-1, 1] coordinates (x spans W / 2 pixels per unit, y
+    spans H / 2), with r = H / W::
+
+        theta = [[c,      -r s,  -c tx + r s ty],
+                 [s / r,   c,    -s tx / r - c ty]]
+
+    which is linear in (c, s, c tx, c ty, s tx, s ty): one small matmul builds every image's
+    map, however many images.
+    """
+    parts = cos_sin if shift is None else torch.cat(
+        [cos_sin, (cos_sin[:, None] * shift[None]).flatten(0, 1)])  # (2 or 6, B)
+    basis = _theta_basis(aspect, len(parts), parts.device, parts.dtype)  # (2 or 6, 6)
+    return (parts.T @ basis).view(-1, 2, 3)
+
+
+@lru_cache(maxsize=32)
+def _theta_basis(aspect: float, n: int, device: torch.device,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """The rows of `_theta`'s linear map, theta flattened (t00 t01 t02 t10 t11 t12)."""
+    r = aspect
+    basis = torch.tensor([[1, 0, 0, 0, 1, 0],            # c
+                          [0, -r, 0, 1 / r, 0, 0],       # s
+                          [0, 0, -1, 0, 0, 0],           # c tx
+                          [0, 0, 0, 0, 0, -1],           # c ty
+                          [0, 0, 0, 0, 0, -1 / r],       # s tx
+                          [0, 0, r, 0, 0, 0]])           # s ty
+    return basis[:n].to(device=device, dtype=dtype)
 
 
 def _sample(images: torch.Tensor, theta: torch.Tensor, outside: str = "zeros") -> torch.Tensor:
