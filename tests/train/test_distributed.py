@@ -377,3 +377,20 @@ def test_on_cuda_sync_batchnorm_trains_and_keeps_the_parameters_and_checkpoint_k
     assert list(model.state_dict()) == keys  # checkpoints and weights files unchanged
     assert all(a is b for a, b in zip(model.parameters(), params, strict=True))  # the optimizer's
     assert all(p.grad is not None for p in params)
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_on_two_gpus_an_nccl_job_matches_one_gpu_with_the_same_global_batch(tmp_path):
+    config = {**CONFIG, "train": {**CONFIG["train"], "device": "cuda"}}
+    job = torchrun(tmp_path, config, tmp_path / "ddp")()
+    single = dlpipe.run(config, run_dir=tmp_path / "single")
+    training = json.loads((job.run_dir / "training.json").read_text())
+    assert training["processes"] == 2
+    # The same global batches as on CPU (see CONFIG); cuBLAS may sum in another order than
+    # the CPU does, hence 1e-3, still far below what a wrong shard would do (> 1e-2).
+    history = RunDir(job.run_dir).read_jsonl(HISTORY)
+    for ours, theirs in zip(history, single.history, strict=True):
+        assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-3, abs=1e-5)
+    assert _files(job.run_dir) == _files(single.path)
