@@ -67,3 +67,17 @@ def test_an_unknown_option_is_a_usage_error_without_a_traceback():
     assert done.returncode == 2
     assert "No such option: --no-such-option" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_stage_run_again_says_what_it_wrote_and_what_it_removed(tmp_path):
+    import dlpipe
+    from helpers import minimal_config
+
+    run = dlpipe.run(minimal_config(export={}), run_dir=tmp_path / "run").path
+    done = _dlpipe("train", run, "--set", "train.epochs=2", "--set", "data.split.seed=3")
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "trained 2 epochs; kept epoch" in text and "weights written to" in text
+    assert "note: data.split.seed=3 held for this command only" in text
+    assert (f"removed the evaluate, export results (they described the previous train); to "
+            f"make them again: dlpipe evaluate {run} && dlpipe export {run}") in text

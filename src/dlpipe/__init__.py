@@ -16,12 +16,12 @@ from dlpipe.runs import RunDir
 
 if TYPE_CHECKING:
     from dlpipe.finetune import Finetuned
-    from dlpipe.pipeline import Result
+    from dlpipe.pipeline import Rerun, Result
     from dlpipe.predict import Predictor
 
 __all__ = [
     "ConfigError", "DataError", "DlpipeError", "PipelineConfig", "RunDir", "RunDirError",
-    "TrainingError", "finetune_from", "load", "load_config", "run",
+    "TrainingError", "finetune_from", "load", "load_config", "rerun", "run",
 ]
 __version__ = "0.1.0"
 
@@ -48,3 +48,10 @@ def finetune_from(parent: Any, **kwargs: Any) -> Finetuned:
     from dlpipe.pipeline import finetune
 
     return finetune(parent, **kwargs)
+
+
+def rerun(stage: str, run_dir: Any, overrides: Any = (), **options: Any) -> Rerun:
+    """Run one stage again on an existing run; see `dlpipe.pipeline.rerun`."""
+    from dlpipe.pipeline import rerun as rerun_stage
+
+    return rerun_stage(stage, run_dir, overrides, **options)

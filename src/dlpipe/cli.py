@@ -7,6 +7,7 @@ A `DlpipeError` is printed as ``error: <message>`` without a traceback and exits
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="The deep-learning workflow from one declarative YAML file.")
 out = Console()
 _debug = False
+_LOG_WIDTH = 200
 
 SetOption = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a config field by dotted path: a.b.c=VALUE (repeatable).")]
@@ -31,6 +33,8 @@ RunDirArg = Annotated[Path, typer.Argument(help="A run directory made by `dlpipe
 def _main(debug: Annotated[bool, typer.Option(help="Show tracebacks of errors.")] = False) -> None:
     global _debug
     _debug = debug
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out.width = _LOG_WIDTH  # a log or a pipe: don't cut tables to 80 columns
 
 
 @app.command()
@@ -51,7 +55,8 @@ def run(
 
 
 @app.command()
-def validate(config: Path, set_: SetOption = None) -> None:
+def validate(config: Annotated[Path, typer.Argument(help="The pipeline's YAML file.")],
+             set_: SetOption = None) -> None:
     """Check a config file (types, names, builder arguments) without running anything."""
     from dlpipe.config import load_config
     from dlpipe.pipeline import check
@@ -61,7 +66,8 @@ def validate(config: Path, set_: SetOption = None) -> None:
 
 
 @app.command()
-def schema(output: Annotated[Path | None, typer.Option("-o", "--output")] = None) -> None:
+def schema(output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Write it to this file instead of printing it.")] = None) -> None:
     """Print the JSON Schema of config files (for editor completion)."""
     from dlpipe.config import json_schema
 
@@ -72,18 +78,25 @@ def schema(output: Annotated[Path | None, typer.Option("-o", "--output")] = None
         from dlpipe.runs import atomic_write
 
         atomic_write(output, text.encode())
+        out.print(f"JSON Schema written to {output}")
 
 
 @app.command()
 def data(rundir: RunDirArg, set_: SetOption = None) -> None:
     """Load, clean and split the data of a run again."""
+    from dlpipe.runs import SPLITS, RunDir
+
     _stage("data", rundir, set_)
+    run_dir = RunDir.open(rundir)
+    rows = ", ".join(f"{s} {run_dir.split_rows(s):,}" for s in SPLITS)
+    out.print(f"splits written to {rundir / 'data'} ({rows} rows)")
 
 
 @app.command()
 def features(rundir: RunDirArg, set_: SetOption = None) -> None:
     """Fit the preprocessing on the run's training split."""
     _stage("features", rundir, set_)
+    out.print(f"preprocessing written to {rundir / 'features.json'}")
 
 
 @app.command()
@@ -126,7 +139,14 @@ def train(
     set_: SetOption = None,
 ) -> None:
     """Train the model of a run (from scratch, or resumed)."""
-    _stage("train", rundir, set_, resume=resume)
+    trained = _stage("train", rundir, set_, resume=resume)
+    summary = trained.summary
+    kept = (f"kept epoch {summary['best_epoch']} ({summary.get('monitor')} "
+            f"{_fmt(summary.get('best_value'))})" if summary.get("kept") == "best"
+            else "kept the last epoch")
+    stopped = f"; {summary['stop_reason']}" if summary.get("stop_reason") else ""
+    out.print(f"trained {summary.get('epochs_run')} epochs{stopped}; {kept}; weights written "
+              f"to {rundir / 'weights.safetensors'}", soft_wrap=True)
 
 
 @app.command()
@@ -134,6 +154,7 @@ def evaluate(rundir: RunDirArg, set_: SetOption = None) -> None:
     """Evaluate a trained run on its validation and test splits."""
     metrics = _stage("evaluate", rundir, set_)
     _print_metrics(metrics)
+    out.print(f"metrics, curves and test predictions written to {rundir}")
 
 
 @app.command()
@@ -304,13 +325,28 @@ def _print_compress(rundir: Any) -> None:
 
 
 def _stage(stage: str, path: Path, overrides: list[str] | None, **options: Any) -> Any:
-    from dlpipe.pipeline import load_run_config, run_stage
-    from dlpipe.runs import RunDir
+    """Run `stage` again on the run at `path` (`pipeline.rerun`); say what else changed."""
+    from dlpipe.pipeline import rerun
     from dlpipe.train.distributed import is_main_process
 
-    rundir = RunDir.open(path, writable=is_main_process())  # under torchrun, rank 0 writes
-    cfg = load_run_config(rundir, overrides or ())
-    return run_stage(stage, cfg, rundir, **options)
+    # Under torchrun, rank 0 writes and speaks.
+    done = rerun(stage, path, overrides or (), writable=is_main_process(), **options)
+    if not done.rundir.writable:
+        return done.outcome
+    if done.for_this_command:
+        out.print(f"note: {', '.join(done.for_this_command)} held for this command only; "
+                  f"config.yaml keeps what the earlier stages ran with", soft_wrap=True)
+    if done.removed:
+        again = " && ".join(f"dlpipe {s} {path}" for s in done.removed if s in _RERUNNABLE)
+        out.print(f"removed the {', '.join(done.removed)} results (they described the "
+                  f"previous {stage})" + (f"; to make them again: {again}" if again else ""),
+                  soft_wrap=True)
+    if done.report is not None:
+        out.print(f"report written to {done.report}")
+    return done.outcome
+
+
+_RERUNNABLE = ("data", "features", "train", "evaluate", "compress", "export")
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:

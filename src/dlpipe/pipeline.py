@@ -45,6 +45,12 @@ OPTIONAL_STAGES = {"tune", "finetune", "compress", "export"}
 #: preprocessing and weights.
 REPLACED_BY_FINETUNE = {"features", "tune", "train"}
 STAGES = tuple(STAGE_RUNNERS)
+#: The stage whose results each config section shapes (`rerun` keeps an override of a section
+#: in config.yaml only when that stage is the one re-run or a later one).
+SECTION_STAGES = {"seed": "data", "data": "data", "features": "features", "tune": "tune",
+                  "model": "train", "train": "train", "finetune": "finetune",
+                  "evaluate": "evaluate", "compress": "compress", "export": "export",
+                  "report": "report", "name": "report"}
 
 ConfigSource = str | os.PathLike[str] | dict[str, Any] | PipelineConfig
 
@@ -291,6 +297,74 @@ def run_stage(stage: str, cfg: PipelineConfig, rundir: RunDir, **options: Any) -
         return runner(cfg, rundir, **options)
 
 
+@dataclass
+class Rerun:
+    """What `rerun` did."""
+
+    outcome: Any
+    """What the stage returned (metrics for evaluate, the bundle's folder for export, ...)."""
+    rundir: RunDir
+    removed: list[str]
+    """Later stages whose results were deleted, because they described what was replaced."""
+    for_this_command: list[str]
+    """Overrides of an earlier stage's sections: they held for this command only."""
+    report: Path | None
+    """report.html, written again after the stage (when `report.enabled`)."""
+
+
+def rerun(stage: str, path: str | os.PathLike[str], overrides: Iterable[str] = (), *,
+          writable: bool = True, **options: Any) -> Rerun:
+    """Run one stage again on an existing run directory and keep the directory coherent.
+
+    - An override of the stage's own sections, or of a later stage's, is written into
+      config.yaml (and the fingerprint's config hash), so the config describes the files
+      again; one of an earlier stage's section (``train.device`` for ``evaluate``, say) holds
+      for this command only. Every rerun is logged in run.json (``reruns``).
+    - The results of every later stage are deleted first: metrics, predictions, compressed
+      variants and the bundle would otherwise describe the model or metrics that were there
+      before.
+    - With ``report.enabled``, report.html is written again afterwards.
+
+    Args:
+        writable: False in the other processes of a torchrun job (rank 0 writes).
+        options: the stage's own options (``resume`` for train, ``out`` for export).
+
+    Example:
+        >>> dlpipe.rerun("evaluate", "runs/bc", ["evaluate.threshold=optimize"]).outcome
+    """
+    if stage not in STAGE_RUNNERS:
+        raise ConfigError([("stage", f"unknown stage {stage!r}; known: {', '.join(STAGES)}")])
+    overrides = list(overrides)
+    rundir = RunDir.open(path, writable=writable)
+    cfg = load_run_config(rundir, overrides)
+    position = STAGES.index(stage)
+    lasting = [o for o in overrides
+               if STAGES.index(SECTION_STAGES.get(_section(o), "data")) >= position]
+    if lasting and rundir.writable:
+        kept = load_run_config(rundir, lasting)
+        rundir.write_yaml(runs.CONFIG, to_dict(kept))
+        if rundir.has(runs.FINGERPRINT):
+            fingerprint = rundir.read_json(runs.FINGERPRINT)
+            fingerprint["config_sha256"] = _config_hash(kept)
+            rundir.write_json(runs.FINGERPRINT, fingerprint)
+    refresh = stage != "report" and cfg.report.enabled and rundir.writable
+    removed = rundir.remove_outputs(STAGES[position + 1:])
+    if rundir.writable:
+        info = rundir.read_json(runs.RUN_INFO) if rundir.has(runs.RUN_INFO) else {"stages": {}}
+        info.setdefault("reruns", []).append({
+            "stage": stage, "command": command_line(), "overrides": overrides,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        rundir.write_json(runs.RUN_INFO, info)
+    outcome = run_stage(stage, cfg, rundir, **options)
+    report = run_stage("report", cfg, rundir) if refresh else None
+    return Rerun(outcome, rundir, [s for s in removed if not (refresh and s == "report")],
+                 [o for o in overrides if o not in lasting], report)
+
+
+def _section(override: str) -> str:
+    return override.partition("=")[0].split(".", 1)[0].strip()
+
+
 def _run_data(cfg: PipelineConfig, rundir: RunDir, data: Any = None) -> Any:
     from dlpipe import data as data_stage
 
@@ -322,7 +396,6 @@ def default_run_dir(cfg: PipelineConfig) -> Path:
 
 def write_fingerprint(cfg: PipelineConfig, rundir: RunDir, data_hash: str) -> None:
     """Config hash, data hash and package versions: what makes two runs comparable."""
-    canonical = json.dumps(to_dict(cfg), sort_keys=True).encode()
     versions = {"python": platform.python_version()}
     for package in ("dlpipe", "torch", "numpy", "pandas", "pyarrow", "scikit-learn", "pydantic"):
         try:
@@ -330,11 +403,15 @@ def write_fingerprint(cfg: PipelineConfig, rundir: RunDir, data_hash: str) -> No
         except metadata.PackageNotFoundError:
             versions[package] = None
     rundir.write_json(runs.FINGERPRINT, {
-        "config_sha256": hashlib.sha256(canonical).hexdigest(),
+        "config_sha256": _config_hash(cfg),
         "data_sha256": data_hash,
         "versions": versions,
         "platform": platform.platform(),
     })
+
+
+def _config_hash(cfg: PipelineConfig) -> str:
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
 
 
 def command_line() -> str:

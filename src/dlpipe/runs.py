@@ -43,7 +43,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -96,6 +96,9 @@ RUN_INFO = Artifact("run.json", None)
 SOURCE = Artifact("data/source.parquet", "data")  # a streamed CSV, converted once
 PREPARED = Artifact("prepared", "features")  # a folder: <split>.x.npy and <split>.y.npy
 SPLITS = ("train", "val", "test")
+ARTIFACTS: tuple[Artifact, ...] = (
+    *(v for v in list(globals().values()) if isinstance(v, Artifact)), *TUNE_PLOTS.values())
+"""Every file and folder of the layout above, with the stage that writes it."""
 
 _TMP_SUFFIX = ".tmp"
 _CHECKPOINTS = "checkpoints"
@@ -361,6 +364,39 @@ class RunDir:
     def clear_checkpoints(self) -> None:
         if self.writable:
             shutil.rmtree(self.path / _CHECKPOINTS, ignore_errors=True)
+
+    def remove_outputs(self, stages: Sequence[str]) -> list[str]:
+        """Delete what `stages` wrote (their files and folders; train's checkpoints too) and
+        their run.json entries: results that describe a model or data no longer there.
+
+        Returns:
+            The stages that had something to delete.
+        """
+        if not self.writable:
+            return []
+        removed = set()
+        for artifact in ARTIFACTS:
+            path = self.file(artifact)
+            if artifact.stage not in stages or not path.exists():
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+                if path.parent != self.path and not any(path.parent.iterdir()):
+                    path.parent.rmdir()  # predictions/, tune/ once empty
+            self._cache.pop(artifact.filename, None)
+            removed.add(artifact.stage)
+        if "train" in stages and (self.path / _CHECKPOINTS).exists():
+            self.clear_checkpoints()
+            removed.add("train")
+        if self.has(RUN_INFO):
+            info = self.read_json(RUN_INFO)
+            done = info.get("stages", {})
+            removed |= set(done) & set(stages)
+            info["stages"] = {k: v for k, v in done.items() if k not in stages}
+            self.write_json(RUN_INFO, info)
+        return [stage for stage in stages if stage in removed]
 
     # -- housekeeping -------------------------------------------------------------------
 
