@@ -145,3 +145,31 @@ def test_dlpipe_export_writes_the_bundle_where_out_says(binary_run, tmp_path):
     frame = binary_run.rundir.read_split("val").drop(columns=["target"])
     np.testing.assert_array_equal(load_bundle(out).predict(frame).labels,
                                   dlpipe.load(binary_run.path).predict(frame).labels)
+
+
+def test_the_model_card_of_a_pruned_bundle_keeps_its_title_and_metric_table():
+    from dlpipe.export.bundle import model_card
+
+    signature = {"task": "binary", "target": "y", "classes": [0, 1],
+                 "columns": [{"name": "a", "kind": "numeric"}]}
+    variant = {"name": "prune-0.5", "parameters": 10, "nonzero": 5, "val": 0.9, "test": 0.8}
+    compressed = {"metric": "accuracy", "max_metric_drop": 0.005,
+                  "chosen": {"fp32": "prune-0.5", "int8": None},
+                  "files": {"fp32": "compress/model.onnx"}, "variants": [variant]}
+    card = model_card(name="churn", signature=signature, metrics={"test": {"accuracy": 0.81}},
+                      profile={}, spec={"name": "mlp"}, compressed=compressed,
+                      files=["model.onnx"])
+    assert card.startswith("# churn\n")
+    assert "| accuracy | 0.8100 |" in card
+    assert "Of the trained network before compression" in card
+    assert "- fp32: `prune-0.5`, 10 parameters (5 non-zero), validation accuracy 0.9000" in card
+
+
+def test_the_version_follows_what_the_bundle_computes_not_its_card():
+    from dlpipe.export import _version
+
+    files = {"weights.safetensors": b"w", "features.json": b"f", "signature.json": b"s",
+             "README.md": b"card"}
+    assert _version(files) == _version({**files, "README.md": b"another card"})
+    assert _version(files) != _version({**files, "weights.safetensors": b"retrained"})
+    assert _version(files) != _version({**files, "features.json": b"refitted"})

@@ -105,7 +105,7 @@ def run(cfg: PipelineConfig, rundir: RunDir, *, out: str | os.PathLike[str] | No
         name=name, signature=signature, metrics=metrics, profile=profile, spec=spec,
         compressed=report, files=sorted(files)).encode()
     target = Path(out or section.out or rundir.file(runs.EXPORT))
-    return write_bundle(target, files, name=name, version=section.version or _version(rundir))
+    return write_bundle(target, files, name=name, version=section.version or _version(files))
 
 
 def held_out_batches(fitted: Any, rundir: RunDir, rows: int) -> tuple[Any, list[Any]]:
@@ -152,7 +152,16 @@ def _compressed_graphs(rundir: RunDir, section: Any, report: dict[str, Any] | No
     return files
 
 
-def _version(rundir: RunDir) -> str:
-    if rundir.has(runs.FINGERPRINT):
-        return rundir.read_json(runs.FINGERPRINT)["config_sha256"][:12]
-    return hashlib.sha256(rundir.require(runs.CONFIG).read_bytes()).hexdigest()[:12]
+def _version(files: dict[str, bytes]) -> str:
+    """What the bundle computes, hashed: its weights, preprocessing, signature and graphs.
+
+    Retraining, fine-tuning, compressing or refitting gives a new version; exporting the same
+    run again gives the same one. The model card and the drift profile do not count."""
+    from dlpipe.export import bundle
+
+    digest = hashlib.sha256()
+    for filename in (bundle.WEIGHTS, bundle.FEATURES, bundle.SIGNATURE, bundle.MODEL_INT8,
+                     bundle.MODEL_FP16):
+        if filename in files:
+            digest.update(filename.encode() + b"\0" + hashlib.sha256(files[filename]).digest())
+    return digest.hexdigest()[:12]

@@ -184,16 +184,18 @@ def model_card(*, name: str, signature: Mapping[str, Any], metrics: Mapping[str,
     columns = ", ".join(f"`{c['name']}` ({c['kind']})" for c in signature["columns"])
     sizes = profile.get("rows") or {}
     variants = ", ".join(f"`{f}`" for f in files if f.endswith(".onnx"))
-    compression = ""
+    compression, measured = "", "the trained network"
     if compressed:
-        rows = {v["name"]: v for v in compressed.get("variants", [])}
+        variants = {v["name"]: v for v in compressed.get("variants", [])}
         lines = []
-        for kind, name in (compressed.get("chosen") or {}).items():
-            v = rows.get(name or "", {})
-            if name and v:
-                lines.append(f"- {kind}: `{name}`, {v['parameters']:,} parameters "
+        for kind, chosen in (compressed.get("chosen") or {}).items():
+            v = variants.get(chosen or "", {})
+            if chosen and v:
+                lines.append(f"- {kind}: `{chosen}`, {v['parameters']:,} parameters "
                              f"({v['nonzero']:,} non-zero), validation {compressed['metric']} "
                              f"{_fmt(v.get('val'))}, test {_fmt(v.get('test'))}")
+        if "fp32" in (compressed.get("files") or {}):  # model.onnx is the pruned network
+            measured = "the trained network before compression; the shipped graphs' below"
         compression = ("\n## Compression\n\nKept within a validation "
                        f"{compressed['metric']} drop of {compressed['max_metric_drop']:g} "
                        "(compress/report.json of the run):\n\n" + "\n".join(lines) + "\n")
@@ -208,6 +210,8 @@ Input columns: {columns}.
 Rows per split: {json.dumps(sizes) if sizes else 'see data_profile.json'}.
 
 ## Metrics on the held-out test split
+
+Of {measured}.
 
 | metric | value |
 |---|---|
