@@ -232,3 +232,12 @@ def test_a_logger_missing_here_is_a_warning_naming_the_extra_and_the_report_is_w
                                          r"here.*pip install 'dlpipe\[mlflow\]'"):
         path = write_report(copy)
     assert path.exists()
+
+
+def test_a_fine_tuned_run_reports_the_rate_and_epochs_it_trained_with():
+    from dlpipe.report._sections import trained_with
+
+    config = {"train": {"epochs": 30, "optimizer": {"name": "adamw", "lr": 3e-4}}}
+    train = trained_with(config, {"lr": 3e-4 / 10, "epochs": 5})
+    assert train["optimizer"] == {"name": "adamw", "lr": 3e-5} and train["epochs"] == 5
+    assert trained_with(config, None) == config["train"]

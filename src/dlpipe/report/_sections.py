@@ -57,7 +57,7 @@ def overview(rundir: RunDir) -> list[str]:
     schema = read(rundir, runs.SCHEMA) or {}
     info = read(rundir, runs.RUN_INFO) or {}
     finger = read(rundir, runs.FINGERPRINT) or {}
-    train = config.get("train", {})
+    train = trained_with(config, read(rundir, runs.FINETUNE))
     data = config.get("data", {})
     model = config.get("model", {})
     summary = {
@@ -90,6 +90,18 @@ def overview(rundir: RunDir) -> list[str]:
                 for name, s in stages.items()]
         parts += [heading("Time per stage"), html_table(["stage", "seconds", "share"], rows)]
     return parts
+
+
+def trained_with(config: Mapping[str, Any], finetune: Mapping[str, Any] | None
+                 ) -> dict[str, Any]:
+    """The config's train section as training ran: a fine-tuned run trains with the finetune
+    section's rate and epochs (finetune.json records the rate it derived)."""
+    train = dict(config.get("train") or {})
+    if finetune:
+        optimizer = dict(train.get("optimizer") or {})
+        optimizer["lr"] = float(f"{finetune['lr']:.6g}")  # 3e-05, not 2.9999999999999997e-05
+        train.update(optimizer=optimizer, epochs=finetune.get("epochs", train.get("epochs")))
+    return train
 
 
 def _device(summary: Mapping[str, Any] | None, configured: Any) -> str:
@@ -256,7 +268,8 @@ def training(rundir: RunDir, figs: Plots) -> list[str]:
             parts.append(figs.add("learning_rate", plots.learning_rate(
                 *zip(*rates, strict=True)), "learning rate per epoch"))
         else:
-            lr = ((read(rundir, runs.CONFIG) or {}).get("train", {}).get("optimizer") or {})
+            lr = trained_with(read(rundir, runs.CONFIG) or {},
+                              read(rundir, runs.FINETUNE)).get("optimizer") or {}
             parts.append(paragraph(f"Learning rate: constant {fmt(lr.get('lr'))} "
                                    f"(no scheduler, no warmup)."))
     stats = read(rundir, runs.PARAM_STATS)
