@@ -117,6 +117,34 @@ def test_predict_lists_the_expected_schema_for_a_missing_column(tmp_path):
         predictor.predict([{"age": 30.0, "income": 4.0}, {"age": "old", "income": 4.0}])
 
 
+def test_a_run_with_inputs_beyond_float32_in_every_split_trains_and_evaluates(tmp_path):
+    frame = _frame(200)
+    frame.loc[::9, "income"] = np.linspace(1e39, 2e39, 23)  # rows in train, val and test
+    frame.loc[4, "age"] = -1e300
+    path = _csv(tmp_path, frame)
+    with pytest.warns(UserWarning, match=r"column 'income', row 0: 1e\+39 is beyond float32"):
+        result = dlpipe.run(_file_config(path), run_dir=tmp_path / "run")
+    assert np.isfinite(result.metrics["test"]["log_loss"])
+    profile = result.rundir.read_json(dlpipe.runs.PROFILE)
+    assert profile["missing"]["columns"]["income"]["beyond_float32_as_missing"] == 23
+
+
+def test_predict_refuses_a_value_beyond_float32_naming_column_and_row(tmp_path):
+    path = _csv(tmp_path, _frame(200))
+    predictor = dlpipe.load(dlpipe.run(_file_config(path), run_dir=tmp_path / "run").path)
+    rows = [{"age": 30.0, "income": 4.0}, {"age": 31.0, "income": 1e39}]
+    with pytest.raises(DataError, match=r"column 'income', row 1: 1e\+39 is beyond float32's "
+                                        r"range \(±3\.4e38\)"):
+        predictor.predict(rows)
+    new = tmp_path / "new.csv"
+    pd.DataFrame([{"age": 30.0, "income": 4.0}] * 5 + [{"age": -1e39, "income": 4.0}]).to_csv(
+        new, index=False)
+    out = tmp_path / "out.csv"
+    with pytest.raises(DataError, match=r"column 'age', row 5: -1e\+39 is beyond float32"):
+        predictor.predict_file(new, out, chunk_rows=2)
+    assert not out.exists()
+
+
 def test_an_unknown_component_is_caught_before_any_work(tmp_path):
     with pytest.raises(ConfigError,
                        match=r"model\.name: unknown model 'mpl'\. Did you mean 'mlp'\?"):

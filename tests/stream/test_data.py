@@ -121,6 +121,30 @@ def test_a_text_value_in_a_numeric_column_names_its_row_in_the_file(tmp_path):
     assert not rundir.has(runs.SCHEMA)
 
 
+def test_inputs_beyond_float32_become_missing_values_in_any_chunk(tmp_path):
+    frame = table(3000)
+    frame.loc[[120, 2345], "a"] = [1e39, -1e300]  # the first chunk and a later one
+    frame.loc[1500, "a"] = np.inf
+    src = write(frame, tmp_path / "t.parquet")
+    rundir = runs.RunDir.create(tmp_path / "run")
+    with pytest.warns(UserWarning, match=r"column 'a', row 120: 1e\+39 is beyond float32's "
+                                         r"range.*\(2 such values in all\)"):
+        result = data_run(cfg_for(src), rundir)
+    counts = result.profile["missing"]["columns"]["a"]
+    assert counts["beyond_float32_as_missing"] == 2 and counts["infinite_as_missing"] == 1
+    splits = pd.concat([pd.read_parquet(rundir.split_file(s)) for s in runs.SPLITS])
+    assert splits["a"].isna().sum() == 3 and np.abs(splits["a"]).max() < 10
+
+
+def test_a_target_beyond_float32_names_its_row(tmp_path):
+    frame = table(3000).astype({"label": "float64"})
+    frame.loc[2500, "label"] = 1e39
+    src = write(frame, tmp_path / "t.parquet")
+    with pytest.raises(DataError, match=r"column 'label', row 2500: 1e\+39 is beyond float32"):
+        data_run(cfg_for(src), runs.RunDir.create(tmp_path / "run"))
+    assert not list((tmp_path / "run").rglob("*.parquet"))
+
+
 def test_a_missing_target_names_its_row(tmp_path):
     frame = table(3000).astype({"label": "float64"})
     frame.loc[2500, "label"] = np.nan

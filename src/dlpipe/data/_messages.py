@@ -12,6 +12,8 @@ from dlpipe.errors import DataError, suggest
 
 _MAX_KNOWN = 20  # beyond this many columns the "Known:" list is cut, or messages become walls
 _MAX_ROWS = 5  # rows named in a message before "... (N in all)"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""Model inputs are float32: a larger finite float64 becomes inf (then NaN) in the model."""
 
 
 def column_hint(name: str, columns: Iterable[Any]) -> str:
@@ -38,6 +40,17 @@ def rows_text(rows: Sequence[Any]) -> str:
     word = "row" if len(rows) == 1 else "rows"
     more = f", ... ({len(rows)} in all)" if len(rows) > _MAX_ROWS else ""
     return f"{word} {shown}{more}"
+
+
+def beyond_float32(values: np.ndarray) -> np.ndarray:
+    """True where a finite float64 value is too large in magnitude for float32 (±3.4e38)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (np.abs(values) > FLOAT32_MAX)
+
+
+def beyond_float32_text(value: float) -> str:
+    """'1e+39 is beyond float32's range (±3.4e38)'."""
+    return f"{float(value)!r} is beyond float32's range (±3.4e38)"
 
 
 def jsonable(value: Any) -> Any:
