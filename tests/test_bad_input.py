@@ -6,6 +6,7 @@ import pytest
 
 import dlpipe
 from dlpipe.errors import ConfigError, DataError, RunDirError
+from dlpipe.predict import read_rows
 from helpers import minimal_config
 
 
@@ -143,6 +144,45 @@ def test_predict_refuses_a_value_beyond_float32_naming_column_and_row(tmp_path):
     with pytest.raises(DataError, match=r"column 'age', row 5: -1e\+39 is beyond float32"):
         predictor.predict_file(new, out, chunk_rows=2)
     assert not out.exists()
+
+
+def test_a_training_csv_that_is_not_utf8_names_the_line_and_the_byte(tmp_path):
+    frame = _frame(200)
+    frame["city"] = np.where(np.arange(200) % 2, "Paris", "Lyon")
+    frame.loc[7, "city"] = "Orl\xe9ans"
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, index=False, encoding="latin-1")
+    with pytest.raises(DataError, match=r"is not UTF-8 \(line 9, byte 0xe9\).*"
+                                        r"data\.source\.encoding: latin-1"):
+        dlpipe.run(_file_config(path), run_dir=tmp_path / "run")
+    _assert_nothing_written(tmp_path / "run")
+    cfg = minimal_config(data={"source": {"path": str(path), "encoding": "latin-1"},
+                               "target": "label"})
+    result = dlpipe.run(cfg, run_dir=tmp_path / "ok")
+    kinds = {c["name"]: c["kind"] for c in result.rundir.read_json(dlpipe.runs.SCHEMA)["columns"]}
+    assert kinds["city"] == "categorical"
+
+
+def test_predicting_a_csv_that_is_not_utf8_fails_by_line_or_reads_with_its_encoding(tmp_path):
+    frame = _frame(200)
+    frame["city"] = np.where(np.arange(200) % 2, "Paris", "Orl\xe9ans")
+    path = _csv(tmp_path, frame)
+    predictor = dlpipe.load(dlpipe.run(_file_config(path), run_dir=tmp_path / "run").path)
+    rows = frame.drop(columns="label").head(6)
+    new = tmp_path / "new.csv"
+    rows.to_csv(new, index=False, encoding="latin-1")
+    out = tmp_path / "out.csv"
+    with pytest.raises(DataError, match=r"input: '.*new\.csv' is not UTF-8 \(line 2, byte "
+                                        r"0xe9\); re-save it as UTF-8 or pass --encoding latin-1"):
+        predictor.predict_file(new, out)
+    assert not out.exists()
+    with pytest.raises(DataError, match=r"is not UTF-8 \(line 2, byte 0xe9\)"):
+        read_rows(new)
+    expected = predictor.predict(rows).labels.tolist()
+    assert predictor.predict_file(new, out, encoding="latin-1") == 6
+    assert pd.read_csv(out)["prediction"].tolist() == expected
+    read = read_rows(new, encoding="latin-1")
+    assert predictor.predict(read).labels.tolist() == expected
 
 
 def test_an_unknown_component_is_caught_before_any_work(tmp_path):

@@ -176,6 +176,8 @@ def predict(
                                          "(.csv, .parquet or .jsonl).")],
     chunk_rows: Annotated[int, typer.Option(help="Rows read at a time from a Parquet or CSV "
                                                  "file of a tabular model.")] = 65_536,
+    encoding: Annotated[str, typer.Option(help="Text encoding of a CSV input (latin-1, "
+                                               "cp1252, ...).")] = "utf-8",
 ) -> None:
     """Predict rows of a file with a trained run.
 
@@ -187,10 +189,10 @@ def predict(
     predictor = load(rundir)
     if (input.suffix.lower() in (".parquet", ".pq", ".csv") and not predictor.fitted.text
             and not predictor.fitted.images):
-        count = predictor.predict_file(input, output, chunk_rows=chunk_rows)
+        count = predictor.predict_file(input, output, chunk_rows=chunk_rows, encoding=encoding)
         out.print(f"{count} predictions written to {output}")
         return
-    rows = read_rows(input, predictor.fitted)
+    rows = read_rows(input, predictor.fitted, encoding=encoding)
     prediction = predictor.predict(rows)
     paths = [c for c in predictor.fitted.images if c in rows.columns and rows[c].map(
         lambda v: isinstance(v, str)).all()]

@@ -89,6 +89,23 @@ def test_a_csv_is_converted_once_and_streamed(tmp_path):
     assert sum(result.rows.values()) == 3000
 
 
+def test_a_csv_that_is_not_utf8_is_refused_by_line_and_read_with_its_encoding(tmp_path):
+    frame = table(3000)
+    frame.loc[2000, "color"] = "caf\xe9"
+    src = tmp_path / "t.csv"
+    frame.to_csv(src, index=False, encoding="latin-1")
+    with pytest.raises(DataError, match=r"is not UTF-8 \(line 2002, byte 0xe9\); re-save it "
+                                        r"as UTF-8 or set data\.source\.encoding: latin-1"):
+        data_run(cfg_for(src), runs.RunDir.create(tmp_path / "run"))
+    assert not list((tmp_path / "run").rglob("*.parquet"))
+    rundir = runs.RunDir.create(tmp_path / "ok")
+    cfg = load_config({"data": {"source": {"path": str(src), "encoding": "latin-1"},
+                                "target": "label", "stream": True, "chunk_rows": 1000}})
+    data_run(cfg, rundir)
+    colors = pd.concat([pd.read_parquet(rundir.split_file(s)) for s in runs.SPLITS])["color"]
+    assert (colors == "caf\xe9").sum() == 1
+
+
 def test_zscore_clip_bounds_are_exact_on_the_training_split(tmp_path):
     src = write(table(), tmp_path / "t.parquet")
     rundir = runs.RunDir.create(tmp_path / "run")

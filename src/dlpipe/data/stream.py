@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from dlpipe import runs
+from dlpipe._csv import check_decoded, config_hint, not_text_error, read_options
 from dlpipe._running import Moments, Reservoir, column_seed
 from dlpipe.config import DataConfig, PipelineConfig
 from dlpipe.data._infer import MEDIA_KINDS, MadeMissing, infer_kinds, infer_task
@@ -128,13 +129,17 @@ def _parquet_source(data: DataConfig, rundir: runs.RunDir) -> Path:
     import pyarrow.csv as pv
     import pyarrow.parquet as pq
 
+    encoding = data.source.encoding if data.source is not None else "utf-8"
     with rundir.writing(runs.SOURCE) as tmp:
         try:
-            reader = pv.open_csv(path, read_options=pv.ReadOptions(block_size=1 << 24))
+            reader = pv.open_csv(path, read_options=read_options(encoding, block_size=1 << 24))
+            check_decoded(path, reader.schema, encoding, "data.source.path", config_hint)
             with pq.ParquetWriter(tmp, reader.schema) as writer:
                 for batch in reader:
                     writer.write_batch(batch)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as err:
+            if error := not_text_error(path, encoding, "data.source.path", config_hint):
+                raise error from None
             raise DataError(f"data.source.path: cannot read {path} as CSV: {err}; a column "
                             f"whose first rows are numbers must hold numbers throughout") from None
     return rundir.file(runs.SOURCE)
