@@ -185,6 +185,43 @@ def test_predicting_a_csv_that_is_not_utf8_fails_by_line_or_reads_with_its_encod
     assert predictor.predict(read).labels.tolist() == expected
 
 
+@pytest.mark.parametrize("sep, shown", [(";", "';'"), ("\t", '"\\t"')])
+def test_a_csv_separated_by_another_character_says_which_and_how_to_set_it(tmp_path, sep,
+                                                                           shown):
+    path = tmp_path / "data.csv"
+    _frame(200).to_csv(path, index=False, sep=sep)
+    header = repr(sep.join(["age", "income", "label"]))
+    with pytest.raises(DataError) as info:
+        dlpipe.run(_file_config(path), run_dir=tmp_path / "run")
+    assert str(info.value) == (
+        f"data.target: column 'label' is not in the data: the header has one column {header}: "
+        f"is the file separated by {shown}? set data.source.sep: {shown}")
+    _assert_nothing_written(tmp_path / "run")
+    cfg = minimal_config(data={"source": {"path": str(path), "sep": sep}, "target": "label"})
+    assert dlpipe.run(cfg, run_dir=tmp_path / "ok").metrics["test"]["accuracy"] >= 0
+
+
+def test_predicting_a_csv_separated_by_semicolons_says_so_or_reads_it_with_sep(tmp_path):
+    frame = _frame(200)
+    predictor = dlpipe.load(dlpipe.run(_file_config(_csv(tmp_path, frame)),
+                                       run_dir=tmp_path / "run").path)
+    rows = frame.drop(columns="label").head(5)
+    new = tmp_path / "new.csv"
+    rows.to_csv(new, index=False, sep=";")
+    out = tmp_path / "out.csv"
+    hint = (r"input is missing 2 column\(s\): age, income; the header has one column "
+            r"'age;income': is the file separated by ';'\? pass --sep ';'")
+    with pytest.raises(DataError, match=hint):
+        predictor.predict_file(new, out)
+    with pytest.raises(DataError, match=hint):
+        predictor.predict(read_rows(new))
+    assert not out.exists()
+    expected = predictor.predict(rows).labels.tolist()
+    assert predictor.predict_file(new, out, sep=";") == 5
+    assert pd.read_csv(out)["prediction"].tolist() == expected
+    assert predictor.predict(read_rows(new, sep=";")).labels.tolist() == expected
+
+
 def test_an_unknown_component_is_caught_before_any_work(tmp_path):
     with pytest.raises(ConfigError,
                        match=r"model\.name: unknown model 'mpl'\. Did you mean 'mlp'\?"):

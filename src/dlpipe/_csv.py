@@ -1,6 +1,7 @@
 """Reading CSV text the way every reader of dlpipe does (the data stage, streamed or not, and
-the predictors): pyarrow options from `encoding`, and a clear error, naming the file, the
-line and the byte, for bytes that are not text in that encoding.
+the predictors): pyarrow options from `encoding` and `sep`, a clear error, naming the file,
+the line and the byte, for bytes that are not text in that encoding, and a hint when a
+header read as one column looks separated by another character.
 
 pyarrow reads a UTF-8 cell holding invalid bytes as a `binary` column (which would pass for
 image bytes) and a header holding them as a name that fails when read, so a table is checked
@@ -18,6 +19,9 @@ from typing import Any
 from dlpipe.errors import DataError
 
 _SCAN_BLOCK = 1 << 20
+SEPARATORS = (";", "\t", "|")
+"""Separators a header read with another one is checked for (`separator_hint`)."""
+_SEP_NAMES = {"\\t": "\t", "tab": "\t"}  # how a tab can be written in YAML or a shell
 
 
 def is_utf8(encoding: str) -> bool:
@@ -38,6 +42,38 @@ def read_options(encoding: str = "utf-8", **kwargs: Any) -> Any:
     import pyarrow.csv as pv
 
     return pv.ReadOptions(encoding="utf8" if is_utf8(encoding) else encoding, **kwargs)
+
+
+def separator(sep: str) -> str:
+    """The one-character field separator `sep` names (``\\t`` and ``tab`` name a tab).
+
+    Raises:
+        ValueError: `sep` is not one character.
+    """
+    sep = _SEP_NAMES.get(sep, sep)
+    if len(sep) != 1 or sep in ('"', "\n", "\r"):
+        raise ValueError(f"the separator must be one character other than a quote or a line "
+                         f"break (',', ';', '\\t', '|'); got {sep!r}")
+    return sep
+
+
+def parse_options(sep: str = ",") -> Any:
+    """`pyarrow.csv.ParseOptions` for fields separated by `sep`."""
+    import pyarrow.csv as pv
+
+    return pv.ParseOptions(delimiter=separator(sep))
+
+
+def separator_hint(columns: Any, hint: Callable[[str, str], str]) -> str:
+    """'the header has one column 'a;b': is the file separated by ';'? set ...' when the
+    table has a single column whose name holds a `SEPARATORS` character; else ''."""
+    names = [str(c) for c in columns]
+    found = [s for s in SEPARATORS if len(names) == 1 and s in names[0]]
+    if not found:
+        return ""
+    shown = '"\\t"' if found[0] == "\t" else repr(found[0])
+    return (f"the header has one column {names[0]!r}: is the file separated by {shown}? "
+            f"{hint('sep', found[0])}")
 
 
 def first_undecodable(path: str | os.PathLike[str], encoding: str = "utf-8"
@@ -103,9 +139,11 @@ def check_decoded(path: str | os.PathLike[str], schema: Any, encoding: str, wher
 
 def config_hint(option: str, value: str) -> str:
     """How to set a CSV option of the data stage: 'set data.source.encoding: latin-1'."""
-    return f"set data.source.{option}: {value}"
+    shown = '"\\t"' if value == "\t" else repr(value) if value in SEPARATORS else value
+    return f"set data.source.{option}: {shown}"
 
 
 def predict_hint(option: str, value: str) -> str:
     """How to set a CSV option of the file to predict."""
-    return f"pass --{option} {value} to dlpipe predict ({option}={value!r} from Python)"
+    shown = "'\\t'" if value == "\t" else repr(value) if value in SEPARATORS else value
+    return f"pass --{option} {shown} to dlpipe predict ({option}={value!r} from Python)"

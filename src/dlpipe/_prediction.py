@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dlpipe._csv import check_decoded, not_text_error, predict_hint, read_options
+from dlpipe._csv import (
+    check_decoded,
+    not_text_error,
+    parse_options,
+    predict_hint,
+    read_options,
+)
 from dlpipe.errors import DataError
 from dlpipe.runs import replacing
 
@@ -131,13 +137,14 @@ class RowPredictor:
         return prediction_from_scores(self.task, scores, self.fitted.target, self.threshold)
 
     def predict_file(self, source: str | os.PathLike[str], output: str | os.PathLike[str], *,
-                     chunk_rows: int = 65_536, encoding: str = "utf-8") -> int:
+                     chunk_rows: int = 65_536, encoding: str = "utf-8", sep: str = ",") -> int:
         """Predict every row of a Parquet or CSV file larger than memory; return the count.
 
         The file is read `chunk_rows` rows at a time and the predictions are appended to
         `output` (.parquet, .csv or .jsonl) as they come, through a temporary file renamed
         at the end, so memory is bounded by the chunk and a failure leaves no output behind.
-        The rows come out in the input's order. `encoding` is the text encoding of a CSV.
+        The rows come out in the input's order. `encoding` and `sep` are a CSV's text
+        encoding and field separator.
 
         Raises:
             DataError: a bad row, named by its row number in the whole file.
@@ -146,7 +153,8 @@ class RowPredictor:
 
         def predicted() -> Iterator[pd.DataFrame]:
             start = 0
-            for frame in read_chunks(Path(source), chunk_rows, numeric, encoding=encoding):
+            for frame in read_chunks(Path(source), chunk_rows, numeric, encoding=encoding,
+                                     sep=sep):
                 try:
                     yield self.predict(frame).to_frame()
                 except DataError as err:
@@ -184,9 +192,10 @@ def write_frames(frames: Iterable[pd.DataFrame], path: str | os.PathLike[str]) -
 
 
 def read_chunks(path: Path, rows: int, numeric: Sequence[str] = (), *,
-                encoding: str = "utf-8") -> Iterator[pd.DataFrame]:
+                encoding: str = "utf-8", sep: str = ",") -> Iterator[pd.DataFrame]:
     """A Parquet or CSV file as DataFrames of at most `rows` rows, in file order; in a CSV the
-    `numeric` columns are read as floats (not typed by the first block).
+    `numeric` columns are read as floats (not typed by the first block); its fields are
+    separated by `sep`.
 
     Raises:
         DataError: a CSV that is not text in `encoding`, naming the line and the byte.
@@ -207,6 +216,7 @@ def read_chunks(path: Path, rows: int, numeric: Sequence[str] = (), *,
         import pyarrow.csv as pv
 
         reader = pv.open_csv(path, read_options=read_options(encoding, block_size=1 << 22),
+                             parse_options=parse_options(sep),
                              convert_options=pv.ConvertOptions(
                                  column_types=dict.fromkeys(numeric, pa.float64())))
         check_decoded(path, reader.schema, encoding, "input", predict_hint)

@@ -79,6 +79,9 @@ class SourceConfig(Section):
     """Text encoding of a CSV file (`latin-1`, `cp1252`, ...); bytes that are not text in it
     are an error naming the line and the byte."""
 
+    sep: str = ","
+    """Field separator of a CSV file: one character, e.g. `;`, `|` or a tab (`"\\t"`)."""
+
     builtin: (
         Literal[
             "breast_cancer", "wine", "iris", "diabetes", "digits",
@@ -106,6 +109,13 @@ class SourceConfig(Section):
             raise ValueError(f"unknown encoding {value!r}; e.g. utf-8, latin-1, cp1252, "
                              f"utf-16") from None
         return value
+
+    @field_validator("sep")
+    @classmethod
+    def _one_character(cls, value: str) -> str:
+        from dlpipe._csv import separator
+
+        return separator(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> SourceConfig:

@@ -145,6 +145,27 @@ def test_a_wrong_encoding_setting_names_the_line_and_the_byte(tmp_path):
         load_table(SourceConfig(path=str(path), encoding="ascii"))
 
 
+@pytest.mark.parametrize("sep, setting", [(";", ";"), ("\t", "\\t"), ("\t", "\t"),
+                                          ("|", "|")])
+def test_the_sep_setting_reads_a_csv_separated_by_another_character(tmp_path, sep, setting):
+    expected = sample_frame()
+    path = tmp_path / "table.csv"
+    expected.to_csv(path, index=False, sep=sep)
+    assert_same_table(load_table(SourceConfig(path=str(path), sep=setting)), expected)
+
+
+def test_a_sep_of_more_than_one_character_is_a_config_error():
+    with pytest.raises(ValueError, match=r"the separator must be one character"):
+        SourceConfig(path="data.csv", sep=";;")
+
+
+def test_a_sep_is_refused_for_a_file_that_is_not_csv(tmp_path):
+    path = tmp_path / "t.parquet"
+    sample_frame().to_parquet(path)
+    with pytest.raises(DataError, match=r"data\.source\.sep: ';' applies to CSV"):
+        load_table(SourceConfig(path=str(path), sep=";"))
+
+
 def test_an_unknown_encoding_is_a_config_error():
     with pytest.raises(ValueError, match=r"unknown encoding 'utf-9'"):
         SourceConfig(path="data.csv", encoding="utf-9")

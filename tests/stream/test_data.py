@@ -106,6 +106,19 @@ def test_a_csv_that_is_not_utf8_is_refused_by_line_and_read_with_its_encoding(tm
     assert (colors == "caf\xe9").sum() == 1
 
 
+def test_a_csv_separated_by_semicolons_says_so_and_streams_with_sep(tmp_path):
+    src = tmp_path / "t.csv"
+    table(3000).to_csv(src, index=False, sep=";")
+    with pytest.raises(DataError, match=r"data\.target: column 'label' is not in the data: the "
+                                        r"header has one column 'a;b;c;color;group;label': is "
+                                        r"the file separated by ';'\? set data\.source\.sep: "
+                                        r"';'"):
+        data_run(cfg_for(src), runs.RunDir.create(tmp_path / "run"))
+    cfg = load_config({"data": {"source": {"path": str(src), "sep": ";"}, "target": "label",
+                                "stream": True, "chunk_rows": 1000}})
+    assert sum(data_run(cfg, runs.RunDir.create(tmp_path / "ok")).rows.values()) == 3000
+
+
 def test_zscore_clip_bounds_are_exact_on_the_training_split(tmp_path):
     src = write(table(), tmp_path / "t.parquet")
     rundir = runs.RunDir.create(tmp_path / "run")

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dlpipe._csv import config_hint, separator_hint
 from dlpipe.errors import DataError, suggest
 
 _MAX_KNOWN = 20  # beyond this many columns the "Known:" list is cut, or messages become walls
@@ -30,7 +31,12 @@ def column_hint(name: str, columns: Iterable[Any]) -> str:
 def unknown_column(
     path: str, name: str, columns: Iterable[Any], where: str = "in the data"
 ) -> DataError:
-    """A DataError for a configured column name that the table does not have."""
+    """A DataError for a configured column name that the table does not have; when the table
+    has one column that looks like a whole header (``a;b;label``), it says which separator."""
+    columns = list(columns)
+    wrong_sep = separator_hint(columns, config_hint)
+    if wrong_sep:
+        return DataError(f"{path}: column {name!r} is not {where}: {wrong_sep}")
     return DataError(f"{path}: column {name!r} is not {where}. {column_hint(name, columns)}")
 
 

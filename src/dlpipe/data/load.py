@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dlpipe._csv import check_decoded, config_hint, is_utf8, not_text_error, read_options
+from dlpipe._csv import (
+    check_decoded,
+    config_hint,
+    is_utf8,
+    not_text_error,
+    parse_options,
+    read_options,
+)
 from dlpipe.config import SourceConfig
 from dlpipe.errors import DataError
 
@@ -40,7 +47,7 @@ _FIELD = "data.source.path"
 
 def load_table(
     source: SourceConfig | str | os.PathLike[str], format: str = "auto", *,
-    encoding: str = "utf-8", hint: Callable[[str, str], str] = config_hint,
+    encoding: str = "utf-8", sep: str = ",", hint: Callable[[str, str], str] = config_hint,
 ) -> pd.DataFrame:
     """Read a table from a `SourceConfig` (file or builtin) or straight from a file path.
 
@@ -48,6 +55,7 @@ def load_table(
         source: the `data.source` section, or a path.
         format: `auto` (by extension), `csv`, `parquet`, `jsonl` or `npz`; used for paths only.
         encoding: text encoding of a CSV path (a `SourceConfig` carries its own).
+        sep: field separator of a CSV path (a `SourceConfig` carries its own).
         hint: how an error says to set a CSV option (`hint('encoding', 'latin-1')`).
 
     Returns:
@@ -66,10 +74,10 @@ def load_table(
             from dlpipe.data.builtin import load_builtin
 
             return load_builtin(source.builtin, source.params)
-        path, format, encoding = source.path, source.format, source.encoding
+        path, format, encoding, sep = source.path, source.format, source.encoding, source.sep
     else:
         path = source
-    return read_file(Path(str(path)), format, encoding=encoding, hint=hint)
+    return read_file(Path(str(path)), format, encoding=encoding, sep=sep, hint=hint)
 
 
 def resolve_format(path: Path, format: str = "auto") -> str:
@@ -93,7 +101,7 @@ def resolve_format(path: Path, format: str = "auto") -> str:
     return found
 
 
-def read_file(path: Path, format: str = "auto", *, encoding: str = "utf-8",
+def read_file(path: Path, format: str = "auto", *, encoding: str = "utf-8", sep: str = ",",
               hint: Callable[[str, str], str] = config_hint) -> pd.DataFrame:
     """Read one CSV, Parquet, JSON Lines or .npz file; see `load_table`."""
     if not path.exists():
@@ -108,8 +116,10 @@ def read_file(path: Path, format: str = "auto", *, encoding: str = "utf-8",
     if fmt != "csv" and not is_utf8(encoding):
         raise DataError(f"data.source.encoding: {encoding!r} applies to CSV files; "
                         f"{str(path)!r} is {fmt}")
+    if fmt != "csv" and sep != ",":
+        raise DataError(f"data.source.sep: {sep!r} applies to CSV files; {str(path)!r} is {fmt}")
     frame = _read_npz(path) if fmt == "npz" else _table_to_frame(
-        _read_arrow(path, fmt, encoding, hint), path)
+        _read_arrow(path, fmt, encoding, hint, sep), path)
     if frame.shape[1] == 0:
         raise DataError(f"{_FIELD}: file {str(path)!r} has no columns")
     if len(frame) == 0:
@@ -175,7 +185,7 @@ def frame_from_arrays(
 
 
 def _read_arrow(path: Path, fmt: str, encoding: str = "utf-8",
-                hint: Callable[[str, str], str] = config_hint) -> Any:
+                hint: Callable[[str, str], str] = config_hint, sep: str = ",") -> Any:
     import pyarrow as pa
 
     try:
@@ -185,7 +195,7 @@ def _read_arrow(path: Path, fmt: str, encoding: str = "utf-8",
             # Empty cells in text columns are missing values, as in pandas.read_csv.
             options = pacsv.ConvertOptions(strings_can_be_null=True)
             table = pacsv.read_csv(path, read_options=read_options(encoding),
-                                   convert_options=options)
+                                   parse_options=parse_options(sep), convert_options=options)
             check_decoded(path, table.schema, encoding, _FIELD, hint)
             return table
         if fmt == "parquet":

@@ -34,7 +34,13 @@ import numpy as np
 import pandas as pd
 
 from dlpipe import runs
-from dlpipe._csv import check_decoded, config_hint, not_text_error, read_options
+from dlpipe._csv import (
+    check_decoded,
+    config_hint,
+    not_text_error,
+    parse_options,
+    read_options,
+)
 from dlpipe._running import Moments, Reservoir, column_seed
 from dlpipe.config import DataConfig, PipelineConfig
 from dlpipe.data._infer import MEDIA_KINDS, MadeMissing, infer_kinds, infer_task
@@ -130,9 +136,11 @@ def _parquet_source(data: DataConfig, rundir: runs.RunDir) -> Path:
     import pyarrow.parquet as pq
 
     encoding = data.source.encoding if data.source is not None else "utf-8"
+    sep = data.source.sep if data.source is not None else ","
     with rundir.writing(runs.SOURCE) as tmp:
         try:
-            reader = pv.open_csv(path, read_options=read_options(encoding, block_size=1 << 24))
+            reader = pv.open_csv(path, read_options=read_options(encoding, block_size=1 << 24),
+                                 parse_options=parse_options(sep))
             check_decoded(path, reader.schema, encoding, "data.source.path", config_hint)
             with pq.ParquetWriter(tmp, reader.schema) as writer:
                 for batch in reader:
