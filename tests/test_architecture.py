@@ -41,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
 # Importable from anywhere; they import no stage. `metrics` is here because train logs
 # validation metrics every epoch and must not import evaluate.
 SHARED = {"config", "runs", "errors", "registry", "metrics", "_signature", "_prediction",
-          "_running"}
+          "_running", "_csv"}
 # The orchestration layer, which may import everything.
 TOP = {"pipeline", "cli", "__init__", "__main__"}
 # `from dlpipe import X` where X is not a module: the root re-exports the public API

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -81,3 +83,24 @@ def test_a_stage_run_again_says_what_it_wrote_and_what_it_removed(tmp_path):
     assert "note: data.split.seed=3 held for this command only" in text
     assert (f"removed the evaluate, export results (they described the previous train); to "
             f"make them again: dlpipe evaluate {run} && dlpipe export {run}") in text
+
+
+def test_predict_names_the_line_of_a_csv_that_is_not_utf8_and_takes_its_encoding(tmp_path):
+    import dlpipe
+    from helpers import minimal_config
+
+    frame = pd.DataFrame({"x": range(100), "city": ["Orl\xe9ans", "Paris"] * 50,
+                          "label": [0, 1] * 50})
+    frame["x"] = frame["x"] % 7
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    run = dlpipe.run(minimal_config(data={"source": {"path": str(tmp_path / "data.csv")},
+                                          "target": "label"}), run_dir=tmp_path / "run")
+    frame.drop(columns="label").head(4).to_csv(tmp_path / "new.csv", index=False,
+                                               encoding="latin-1")
+    done = _dlpipe("predict", run.path, tmp_path / "new.csv", "-o", tmp_path / "out.csv")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "is not UTF-8 (line 2, byte 0xe9)" in done.stderr
+    done = _dlpipe("predict", run.path, tmp_path / "new.csv", "-o", tmp_path / "out.csv",
+                   "--encoding", "latin-1")
+    assert done.returncode == 0, done.stderr
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 4

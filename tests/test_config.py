@@ -48,7 +48,7 @@ def test_an_unknown_nested_key_suggests_the_closest_field_of_its_section():
     }
     assert problems_of({"data": {"source": {"builtin": "iris", "pth": "x.csv"}}}) == {
         "data.source.pth": "unknown key 'pth'. Did you mean 'path'? "
-        "Known: builtin, format, params, path"
+        "Known: builtin, encoding, format, params, path, sep"
     }
 
 

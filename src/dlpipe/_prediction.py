@@ -16,6 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dlpipe._csv import (
+    check_decoded,
+    not_text_error,
+    parse_options,
+    predict_hint,
+    read_options,
+)
 from dlpipe.errors import DataError
 from dlpipe.runs import replacing
 
@@ -130,13 +137,14 @@ class RowPredictor:
         return prediction_from_scores(self.task, scores, self.fitted.target, self.threshold)
 
     def predict_file(self, source: str | os.PathLike[str], output: str | os.PathLike[str], *,
-                     chunk_rows: int = 65_536) -> int:
+                     chunk_rows: int = 65_536, encoding: str = "utf-8", sep: str = ",") -> int:
         """Predict every row of a Parquet or CSV file larger than memory; return the count.
 
         The file is read `chunk_rows` rows at a time and the predictions are appended to
         `output` (.parquet, .csv or .jsonl) as they come, through a temporary file renamed
         at the end, so memory is bounded by the chunk and a failure leaves no output behind.
-        The rows come out in the input's order.
+        The rows come out in the input's order. `encoding` and `sep` are a CSV's text
+        encoding and field separator.
 
         Raises:
             DataError: a bad row, named by its row number in the whole file.
@@ -145,7 +153,8 @@ class RowPredictor:
 
         def predicted() -> Iterator[pd.DataFrame]:
             start = 0
-            for frame in read_chunks(Path(source), chunk_rows, numeric):
+            for frame in read_chunks(Path(source), chunk_rows, numeric, encoding=encoding,
+                                     sep=sep):
                 try:
                     yield self.predict(frame).to_frame()
                 except DataError as err:
@@ -182,9 +191,15 @@ def write_frames(frames: Iterable[pd.DataFrame], path: str | os.PathLike[str]) -
     return rows
 
 
-def read_chunks(path: Path, rows: int, numeric: Sequence[str] = ()) -> Iterator[pd.DataFrame]:
+def read_chunks(path: Path, rows: int, numeric: Sequence[str] = (), *,
+                encoding: str = "utf-8", sep: str = ",") -> Iterator[pd.DataFrame]:
     """A Parquet or CSV file as DataFrames of at most `rows` rows, in file order; in a CSV the
-    `numeric` columns are read as floats (not typed by the first block)."""
+    `numeric` columns are read as floats (not typed by the first block); its fields are
+    separated by `sep`.
+
+    Raises:
+        DataError: a CSV that is not text in `encoding`, naming the line and the byte.
+    """
     import pyarrow as pa
 
     suffix = path.suffix.lower()
@@ -200,9 +215,11 @@ def read_chunks(path: Path, rows: int, numeric: Sequence[str] = ()) -> Iterator[
             return
         import pyarrow.csv as pv
 
-        reader = pv.open_csv(path, read_options=pv.ReadOptions(block_size=1 << 22),
+        reader = pv.open_csv(path, read_options=read_options(encoding, block_size=1 << 22),
+                             parse_options=parse_options(sep),
                              convert_options=pv.ConvertOptions(
                                  column_types=dict.fromkeys(numeric, pa.float64())))
+        check_decoded(path, reader.schema, encoding, "input", predict_hint)
         pending: list[Any] = []
         for batch in reader:  # CSV blocks are cut by bytes: regroup them into `rows` rows
             pending.append(batch)
@@ -212,7 +229,10 @@ def read_chunks(path: Path, rows: int, numeric: Sequence[str] = ()) -> Iterator[
                 pending = table.slice(rows).to_batches()
         if pending and sum(len(b) for b in pending):
             yield pa.Table.from_batches(pending).to_pandas()
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as err:
+        if suffix not in (".parquet", ".pq") and (
+                error := not_text_error(path, encoding, "input", predict_hint)):
+            raise error from None
         raise DataError(f"input: cannot read {path}: {err}") from None
 
 

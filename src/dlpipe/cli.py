@@ -197,6 +197,10 @@ def predict(
                                          "(.csv, .parquet or .jsonl).")],
     chunk_rows: Annotated[int, typer.Option(help="Rows read at a time from a Parquet or CSV "
                                                  "file of a tabular model.")] = 65_536,
+    encoding: Annotated[str, typer.Option(help="Text encoding of a CSV input (latin-1, "
+                                               "cp1252, ...).")] = "utf-8",
+    sep: Annotated[str, typer.Option(help="Field separator of a CSV input: ';', '|', "
+                                          "'\\t' (a tab), ...")] = ",",
 ) -> None:
     """Predict rows of a file with a trained run.
 
@@ -208,10 +212,11 @@ def predict(
     predictor = load(rundir)
     if (input.suffix.lower() in (".parquet", ".pq", ".csv") and not predictor.fitted.text
             and not predictor.fitted.images):
-        count = predictor.predict_file(input, output, chunk_rows=chunk_rows)
+        count = predictor.predict_file(input, output, chunk_rows=chunk_rows, encoding=encoding,
+                                       sep=sep)
         out.print(f"{count} predictions written to {output}")
         return
-    rows = read_rows(input, predictor.fitted)
+    rows = read_rows(input, predictor.fitted, encoding=encoding, sep=sep)
     prediction = predictor.predict(rows)
     paths = [c for c in predictor.fitted.images if c in rows.columns and rows[c].map(
         lambda v: isinstance(v, str)).all()]

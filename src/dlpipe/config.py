@@ -75,6 +75,13 @@ class SourceConfig(Section):
     format: Literal["auto", "csv", "parquet", "jsonl", "npz", "images", "text"] = "auto"
     """File format; `auto` goes by the file's extension, or for a folder by what it holds."""
 
+    encoding: str = "utf-8"
+    """Text encoding of a CSV file (`latin-1`, `cp1252`, ...); bytes that are not text in it
+    are an error naming the line and the byte."""
+
+    sep: str = ","
+    """Field separator of a CSV file: one character, e.g. `;`, `|` or a tab (`"\\t"`)."""
+
     builtin: (
         Literal[
             "breast_cancer", "wine", "iris", "diabetes", "digits",
@@ -90,6 +97,25 @@ class SourceConfig(Section):
     """Keyword arguments of the generator (`n_samples`, `n_features`, `random_state`, ...);
     `digits` takes `as_images: true` (8x8 images instead of 64 pixel columns); `reviews` and
     `returns` take `n` and `seed`."""
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}; e.g. utf-8, latin-1, cp1252, "
+                             f"utf-16") from None
+        return value
+
+    @field_validator("sep")
+    @classmethod
+    def _one_character(cls, value: str) -> str:
+        from dlpipe._csv import separator
+
+        return separator(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> SourceConfig:

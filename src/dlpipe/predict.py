@@ -63,12 +63,13 @@ def load(run_dir: str | os.PathLike[str] | RunDir) -> Predictor:
     return Predictor(fitted, model, threshold=threshold, target=target)
 
 
-def read_rows(path: str | os.PathLike[str], fitted: FittedFeatures | None = None
-              ) -> pd.DataFrame:
-    """Read rows to predict on: CSV, Parquet, JSON Lines or .npz (arrays of images too), or,
-    for a model whose one input is an image column, an image file or a folder of them (every
-    image below it, in sorted order; the table's column is named after the model's)."""
-    from dlpipe.config import SourceConfig
+def read_rows(path: str | os.PathLike[str], fitted: FittedFeatures | None = None, *,
+              encoding: str = "utf-8", sep: str = ",") -> pd.DataFrame:
+    """Read rows to predict on: CSV (text in `encoding`, fields separated by `sep`), Parquet,
+    JSON Lines or .npz (arrays of images too), or, for a model whose one input is an image
+    column, an image file or a folder of them (every image below it, in sorted order; the
+    table's column is named after the model's)."""
+    from dlpipe._csv import predict_hint
     from dlpipe.data import load_table
     from dlpipe.data.images import IMAGE_EXTENSIONS
 
@@ -85,7 +86,7 @@ def read_rows(path: str | os.PathLike[str], fitted: FittedFeatures | None = None
     if where.is_dir():
         raise DataError(f"input: {str(where)!r} is a folder; predict reads a CSV, Parquet, "
                         f"JSON Lines or .npz file (a folder of images only for an image model)")
-    frame = load_table(SourceConfig(path=str(path)))
+    frame = load_table(path, encoding=encoding, sep=sep, hint=predict_hint)
     if fitted is not None and list(frame.columns[:1]) == ["image"] and len(fitted.images) == 1:
         frame = frame.rename(columns={"image": next(iter(fitted.images))})  # arrays from .npz
     return frame

@@ -55,6 +55,48 @@ def test_drop_missing_target_drops_and_counts_those_rows(tmp_path):
     assert np.isfinite(kept["y"]).all()
 
 
+def test_a_target_beyond_float32_names_its_column_row_and_value(tmp_path):
+    frame = numeric_frame(1000)
+    frame.loc[505, "y"] = 1e300  # finite in float64, inf in the model's float32 targets
+    with pytest.raises(DataError, match=r"data\.target: column 'y', row 505: 1e\+300 is beyond "
+                                        r"float32's range \(±3\.4e38\).*drop_missing_target"):
+        run_data(tmp_path, frame)
+    assert not list((tmp_path / "run").rglob("*.parquet"))
+
+
+def test_drop_missing_target_drops_targets_beyond_float32_too(tmp_path):
+    frame = numeric_frame(1000)
+    frame.loc[[17, 505], "y"] = [-1e39, 1e300]
+    result = run_data(tmp_path, frame, clean={"drop_missing_target": True})
+    assert result.profile["missing_target_dropped"] == 2
+    assert sum(result.profile["rows"].values()) == 998
+
+
+def test_a_regression_target_read_as_text_is_checked_for_float32_too(tmp_path):
+    frame = numeric_frame(200).astype({"y": str})
+    frame.loc[42, "y"] = "1e39"
+    with pytest.raises(DataError, match=r"column 'y', row 42: 1e\+39 is beyond float32's range"):
+        run_data(tmp_path, frame, task="regression")
+
+
+def test_inputs_beyond_float32_become_missing_values_like_inf_named_and_counted(tmp_path):
+    frame = numeric_frame(1000)
+    frame["fold"] = ["train"] * 700 + ["val"] * 150 + ["test"] * 150
+    frame.loc[[3, 950], "x"] = [1e39, -1e300]  # a train and a test row
+    frame.loc[800, "x"] = np.inf
+    with pytest.warns(UserWarning, match=r"column 'x', row 3: 1e\+39 is beyond float32's range "
+                                         r"\(±3\.4e38\) \(2 such values in all\); treated as "
+                                         r"a missing value"):
+        result = run_data(tmp_path, frame, **by_column())
+    counts = result.profile["missing"]["columns"]["x"]
+    assert counts["beyond_float32_as_missing"] == 2
+    assert counts["infinite_as_missing"] == 1
+    assert counts["counts"] == {"train": 1, "val": 1, "test": 1}
+    assert "beyond_float32_as_missing" not in result.profile["missing"]["columns"]["z"]
+    kept = pd.concat([result.train, result.val, result.test])["x"]
+    assert kept.isna().sum() == 3 and np.abs(kept).max() < 10
+
+
 def test_a_string_in_a_numeric_column_names_the_row_and_the_value(tmp_path):
     frame = numeric_frame()
     frame["age"] = [str(20 + i) for i in range(100)]

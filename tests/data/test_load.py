@@ -102,6 +102,82 @@ SHAPES = {
 }
 
 
+LATIN1 = "age,color,label\n31,red,0\n42,caf\xe9,1\n27,blue,0\n".encode("latin-1")
+
+
+def test_a_csv_that_is_not_utf8_names_the_line_and_the_byte(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(LATIN1)  # one Latin-1 'é' on line 3: would read as an image column
+    with pytest.raises(DataError, match=r"data\.source\.path: '.*latin1\.csv' is not UTF-8 "
+                                        r"\(line 3, byte 0xe9\); re-save it as UTF-8 or set "
+                                        r"data\.source\.encoding: latin-1"):
+        load_table(SourceConfig(path=str(path)))
+
+
+def test_a_header_that_is_not_utf8_names_line_1(tmp_path):
+    path = tmp_path / "header.csv"
+    path.write_bytes("\xe2ge,label\n1,0\n2,1\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"is not UTF-8 \(line 1, byte 0xe2\)"):
+        load_table(SourceConfig(path=str(path)))
+
+
+def test_a_compressed_csv_that_is_not_utf8_names_the_line_too(tmp_path):
+    import gzip
+
+    path = tmp_path / "latin1.csv.gz"
+    path.write_bytes(gzip.compress(LATIN1))
+    with pytest.raises(DataError, match=r"is not UTF-8 \(line 3, byte 0xe9\)"):
+        load_table(SourceConfig(path=str(path)))
+
+
+def test_the_encoding_setting_reads_a_latin1_csv(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(LATIN1)
+    frame = load_table(SourceConfig(path=str(path), encoding="latin-1"))
+    assert frame["color"].tolist() == ["red", "café", "blue"]
+
+
+def test_a_wrong_encoding_setting_names_the_line_and_the_byte(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(LATIN1)
+    with pytest.raises(DataError, match=r"is not ascii \(line 3, byte 0xe9\); is 'ascii' its "
+                                        r"encoding\?"):
+        load_table(SourceConfig(path=str(path), encoding="ascii"))
+
+
+@pytest.mark.parametrize("sep, setting", [(";", ";"), ("\t", "\\t"), ("\t", "\t"),
+                                          ("|", "|")])
+def test_the_sep_setting_reads_a_csv_separated_by_another_character(tmp_path, sep, setting):
+    expected = sample_frame()
+    path = tmp_path / "table.csv"
+    expected.to_csv(path, index=False, sep=sep)
+    assert_same_table(load_table(SourceConfig(path=str(path), sep=setting)), expected)
+
+
+def test_a_sep_of_more_than_one_character_is_a_config_error():
+    with pytest.raises(ValueError, match=r"the separator must be one character"):
+        SourceConfig(path="data.csv", sep=";;")
+
+
+def test_a_sep_is_refused_for_a_file_that_is_not_csv(tmp_path):
+    path = tmp_path / "t.parquet"
+    sample_frame().to_parquet(path)
+    with pytest.raises(DataError, match=r"data\.source\.sep: ';' applies to CSV"):
+        load_table(SourceConfig(path=str(path), sep=";"))
+
+
+def test_an_unknown_encoding_is_a_config_error():
+    with pytest.raises(ValueError, match=r"unknown encoding 'utf-9'"):
+        SourceConfig(path="data.csv", encoding="utf-9")
+
+
+def test_an_encoding_is_refused_for_a_file_that_is_not_csv(tmp_path):
+    path = tmp_path / "t.parquet"
+    sample_frame().to_parquet(path)
+    with pytest.raises(DataError, match=r"data\.source\.encoding: 'latin-1' applies to CSV"):
+        load_table(SourceConfig(path=str(path), encoding="latin-1"))
+
+
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_every_builtin_loads_with_a_target_column_and_its_shape(name):
     frame = load_table(SourceConfig(builtin=name))

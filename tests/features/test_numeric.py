@@ -1,6 +1,7 @@
 """NumericTransformer against scikit-learn's imputer and scalers (the oracle)."""
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -147,6 +148,23 @@ def test_infinite_values_are_refused_with_their_row():
     ours = NumericTransformer(["a"]).fit(pd.DataFrame({"a": [1.0, 2.0]}))
     with pytest.raises(DataError, match=r"column 'a', row 1: infinite value"):
         ours.transform(pd.DataFrame({"a": [1.0, np.inf]}))
+
+
+@pytest.mark.parametrize("value, text", [(1e39, r"1e\+39"), (-1e300, r"-1e\+300")])
+def test_values_beyond_float32_are_refused_with_their_row(value, text):
+    ours = NumericTransformer(["a"]).fit(pd.DataFrame({"a": [1.0, 2.0]}))
+    with pytest.raises(DataError, match=rf"column 'a', row 2: {text} is beyond float32's range "
+                                        rf"\(±3\.4e38\)"):
+        ours.transform(pd.DataFrame({"a": [1.0, 2.0, value]}))
+
+
+def test_a_value_beyond_float32_once_scaled_is_refused_with_its_row():
+    ours = NumericTransformer(["a"]).fit(pd.DataFrame({"a": [0.0, 0.001]}))  # scale 0.0005
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "overflow encountered in cast"
+        with pytest.raises(DataError, match=r"column 'a', row 1: 3e\+38 is too large for the "
+                                            r"model: scaled, it is beyond float32's range"):
+            ours.transform(pd.DataFrame({"a": [0.0, 3e38]}))
 
 
 def test_a_column_without_training_values_is_refused():

@@ -204,6 +204,8 @@ def test_regression_target_refuses_non_finite_values():
         TargetEncoder("regression").fit(pd.Series([1.0, 2.0, np.nan]))
     with pytest.raises(DataError, match=r"target column 'y', row 1: inf is not a finite number"):
         TargetEncoder("regression", name="y").fit(pd.Series([1.0, np.inf]))
+    with pytest.raises(DataError, match=r"target column 'y', row 1: 1e\+300 is beyond float32"):
+        TargetEncoder("regression", name="y").fit(pd.Series([1.0, 1e300]))
 
 
 def test_every_transformer_follows_the_protocol():

@@ -89,6 +89,36 @@ def test_a_csv_is_converted_once_and_streamed(tmp_path):
     assert sum(result.rows.values()) == 3000
 
 
+def test_a_csv_that_is_not_utf8_is_refused_by_line_and_read_with_its_encoding(tmp_path):
+    frame = table(3000)
+    frame.loc[2000, "color"] = "caf\xe9"
+    src = tmp_path / "t.csv"
+    frame.to_csv(src, index=False, encoding="latin-1")
+    with pytest.raises(DataError, match=r"is not UTF-8 \(line 2002, byte 0xe9\); re-save it "
+                                        r"as UTF-8 or set data\.source\.encoding: latin-1"):
+        data_run(cfg_for(src), runs.RunDir.create(tmp_path / "run"))
+    assert not list((tmp_path / "run").rglob("*.parquet"))
+    rundir = runs.RunDir.create(tmp_path / "ok")
+    cfg = load_config({"data": {"source": {"path": str(src), "encoding": "latin-1"},
+                                "target": "label", "stream": True, "chunk_rows": 1000}})
+    data_run(cfg, rundir)
+    colors = pd.concat([pd.read_parquet(rundir.split_file(s)) for s in runs.SPLITS])["color"]
+    assert (colors == "caf\xe9").sum() == 1
+
+
+def test_a_csv_separated_by_semicolons_says_so_and_streams_with_sep(tmp_path):
+    src = tmp_path / "t.csv"
+    table(3000).to_csv(src, index=False, sep=";")
+    with pytest.raises(DataError, match=r"data\.target: column 'label' is not in the data: the "
+                                        r"header has one column 'a;b;c;color;group;label': is "
+                                        r"the file separated by ';'\? set data\.source\.sep: "
+                                        r"';'"):
+        data_run(cfg_for(src), runs.RunDir.create(tmp_path / "run"))
+    cfg = load_config({"data": {"source": {"path": str(src), "sep": ";"}, "target": "label",
+                                "stream": True, "chunk_rows": 1000}})
+    assert sum(data_run(cfg, runs.RunDir.create(tmp_path / "ok")).rows.values()) == 3000
+
+
 def test_zscore_clip_bounds_are_exact_on_the_training_split(tmp_path):
     src = write(table(), tmp_path / "t.parquet")
     rundir = runs.RunDir.create(tmp_path / "run")
@@ -119,6 +149,30 @@ def test_a_text_value_in_a_numeric_column_names_its_row_in_the_file(tmp_path):
         data_run(cfg_for(src, columns={"a": "numeric"}), rundir)
     assert not list((tmp_path / "run").rglob("*.parquet"))  # nothing half-written
     assert not rundir.has(runs.SCHEMA)
+
+
+def test_inputs_beyond_float32_become_missing_values_in_any_chunk(tmp_path):
+    frame = table(3000)
+    frame.loc[[120, 2345], "a"] = [1e39, -1e300]  # the first chunk and a later one
+    frame.loc[1500, "a"] = np.inf
+    src = write(frame, tmp_path / "t.parquet")
+    rundir = runs.RunDir.create(tmp_path / "run")
+    with pytest.warns(UserWarning, match=r"column 'a', row 120: 1e\+39 is beyond float32's "
+                                         r"range.*\(2 such values in all\)"):
+        result = data_run(cfg_for(src), rundir)
+    counts = result.profile["missing"]["columns"]["a"]
+    assert counts["beyond_float32_as_missing"] == 2 and counts["infinite_as_missing"] == 1
+    splits = pd.concat([pd.read_parquet(rundir.split_file(s)) for s in runs.SPLITS])
+    assert splits["a"].isna().sum() == 3 and np.abs(splits["a"]).max() < 10
+
+
+def test_a_target_beyond_float32_names_its_row(tmp_path):
+    frame = table(3000).astype({"label": "float64"})
+    frame.loc[2500, "label"] = 1e39
+    src = write(frame, tmp_path / "t.parquet")
+    with pytest.raises(DataError, match=r"column 'label', row 2500: 1e\+39 is beyond float32"):
+        data_run(cfg_for(src), runs.RunDir.create(tmp_path / "run"))
+    assert not list((tmp_path / "run").rglob("*.parquet"))
 
 
 def test_a_missing_target_names_its_row(tmp_path):

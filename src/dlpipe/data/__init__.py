@@ -10,6 +10,7 @@ Nothing is written until every check has passed.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def run(cfg: PipelineConfig, rundir: runs.RunDir, frame: pd.DataFrame | None = N
                         f"{', '.join(map(repr, roles.values()))}; check data.drop_columns and "
                         f"the columns set to ignore")
     overrides = {c: k for c, k in data.columns.items() if k != "ignore"}
-    table, kinds, infinite = infer_kinds(table, inputs, overrides)
+    table, kinds, made_missing = infer_kinds(table, inputs, overrides)
     table = _check_media(table, kinds, data, source, profile,
                          same_size=cfg.features.image.size is None)
     task, classes, table[data.target] = infer_task(table[data.target], data.task, data.target)
@@ -101,9 +102,11 @@ def run(cfg: PipelineConfig, rundir: runs.RunDir, frame: pd.DataFrame | None = N
     seed = data.split.seed if data.split.seed is not None else cfg.seed
     splits = _split(table, data, task, seed, inputs, profile)
     splits, kinds, fitted = _after_split(splits, data, task, kinds, seed, profile)
-    for column, count in infinite.items():
+    for column, counts in made_missing.items():
         if column in kinds:
-            profile["missing"]["columns"][column]["infinite_as_missing"] = count
+            profile["missing"]["columns"][column].update(counts.profile())
+            if message := counts.warning(column):
+                warnings.warn(message, UserWarning, stacklevel=2)
     profile["rows"] = {s: len(f) for s, f in splits.items()}
     profile["data_hash"] = digest
 

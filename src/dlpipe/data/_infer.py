@@ -12,12 +12,13 @@ than silently turning into a categorical column; `data.columns` overrides any in
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dlpipe.data._messages import jsonable, rows_text
+from dlpipe.data._messages import beyond_float32, beyond_float32_text, jsonable, rows_text
 from dlpipe.errors import DataError
 
 _MOSTLY_NUMERIC = 0.9  # share of parseable values above which stray text is an error
@@ -28,27 +29,69 @@ MEDIA_KINDS = ("text", "image")
 """Kinds that are not tabular: no missing-value filling, scaling or outlier handling."""
 
 
+@dataclass
+class MadeMissing:
+    """Values of one numeric input that became missing values: infinite ones, and finite
+    ones beyond float32's range (the model's inputs are float32, where they would be inf)."""
+
+    infinite: int = 0
+    beyond_float32: int = 0
+    first_row: Any = None
+    """Row number and value of the first value beyond float32's range (for the warning)."""
+    first_value: float = 0.0
+
+    def add(self, other: MadeMissing) -> None:
+        """Fold in the counts of a later chunk of the same column."""
+        self.infinite += other.infinite
+        if other.beyond_float32 and not self.beyond_float32:
+            self.first_row, self.first_value = other.first_row, other.first_value
+        self.beyond_float32 += other.beyond_float32
+
+    def profile(self) -> dict[str, int]:
+        """The data_profile.json entries of the column's missing-value section."""
+        counts = {"infinite_as_missing": self.infinite,
+                  "beyond_float32_as_missing": self.beyond_float32}
+        return {k: v for k, v in counts.items() if v}
+
+    def warning(self, column: str) -> str | None:
+        """A sentence naming the first value beyond float32's range, or None."""
+        if not self.beyond_float32:
+            return None
+        more = (f" ({self.beyond_float32} such values in all)"
+                if self.beyond_float32 > 1 else "")
+        return (f"data: column {column!r}, row {self.first_row}: "
+                f"{beyond_float32_text(self.first_value)}{more}; treated as a missing value, "
+                f"like inf (counted in data_profile.json)")
+
+
 def infer_kinds(
     frame: pd.DataFrame, inputs: Sequence[str], overrides: Mapping[str, str]
-) -> tuple[pd.DataFrame, dict[str, str], dict[str, int]]:
-    """Return (frame with numeric columns made numeric, kind per input, inf count per column).
+) -> tuple[pd.DataFrame, dict[str, str], dict[str, MadeMissing]]:
+    """Return (frame with numeric columns made numeric, kind per input, values made missing
+    per column).
 
-    Infinite values in numeric inputs become missing values (counted), so the missing-value
-    strategy handles them.
+    Infinite values in numeric inputs, and finite ones beyond float32's range (±3.4e38,
+    which the float32 model inputs would turn into inf), become missing values (counted),
+    so the missing-value strategy handles them.
     """
     frame = frame.copy(deep=False)  # columns are replaced, never written in place
     kinds: dict[str, str] = {}
-    infinite: dict[str, int] = {}
+    made_missing: dict[str, MadeMissing] = {}
     for name in inputs:
         column = frame[name]
         kind = overrides.get(name) or _infer_kind(name, column)
         if kind == "numeric":
             column = _as_numeric(name, column, forced=name in overrides)
-            finite = np.isfinite(column.to_numpy(dtype=float, na_value=np.nan))
-            bad = ~finite & column.notna().to_numpy()
-            if bad.any():
-                infinite[name] = int(bad.sum())
-                column = column.astype(float).where(~bad)
+            values = column.to_numpy(dtype=float, na_value=np.nan)
+            infinite = np.isinf(values)
+            huge = beyond_float32(values)
+            if infinite.any() or huge.any():
+                counts = MadeMissing(int(infinite.sum()), int(huge.sum()))
+                if huge.any():
+                    first = int(np.flatnonzero(huge)[0])
+                    counts.first_row, counts.first_value = column.index[first], values[first]
+                made_missing[name] = counts
+                column = column.astype(float).where(~(infinite | huge))
             frame[name] = column
         elif kind == "binary":
             distinct = column.nunique(dropna=True)
@@ -56,7 +99,7 @@ def infer_kinds(
                 raise DataError(f"data.columns.{name}: 'binary' needs at most 2 distinct values; "
                                 f"column {name!r} has {distinct}")
         kinds[name] = kind
-    return frame, kinds, infinite
+    return frame, kinds, made_missing
 
 
 def _infer_kind(name: str, column: pd.Series) -> str:
@@ -152,6 +195,14 @@ def infer_task(y: pd.Series, task: str, target: str) -> tuple[str, list[Any], pd
                 row = y.index[bad.to_numpy()][0]
                 raise DataError(f"data.task: regression needs a numeric target, but column "
                                 f"{target!r} holds {y[row]!r} at row {row}")
+            values = parsed.to_numpy(dtype=float)
+            wrong = np.flatnonzero(~np.isfinite(values) | beyond_float32(values))
+            if len(wrong):  # numbers written as text escape the data stage's target check
+                row = y.index[wrong[0]]
+                what = (beyond_float32_text(values[wrong[0]]) if np.isfinite(values[wrong[0]])
+                        else f"{values[wrong[0]]!r} is not a finite number")
+                raise DataError(f"data.target: column {target!r}, row {row}: {what}; fix "
+                                f"the data")
             y = parsed
         return task, [], y
     integral = numeric and bool(np.all(np.mod(y.to_numpy(dtype=float), 1) == 0))

@@ -8,10 +8,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dlpipe._csv import config_hint, separator_hint
 from dlpipe.errors import DataError, suggest
 
 _MAX_KNOWN = 20  # beyond this many columns the "Known:" list is cut, or messages become walls
 _MAX_ROWS = 5  # rows named in a message before "... (N in all)"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""Model inputs are float32: a larger finite float64 becomes inf (then NaN) in the model."""
 
 
 def column_hint(name: str, columns: Iterable[Any]) -> str:
@@ -28,7 +31,12 @@ def column_hint(name: str, columns: Iterable[Any]) -> str:
 def unknown_column(
     path: str, name: str, columns: Iterable[Any], where: str = "in the data"
 ) -> DataError:
-    """A DataError for a configured column name that the table does not have."""
+    """A DataError for a configured column name that the table does not have; when the table
+    has one column that looks like a whole header (``a;b;label``), it says which separator."""
+    columns = list(columns)
+    wrong_sep = separator_hint(columns, config_hint)
+    if wrong_sep:
+        return DataError(f"{path}: column {name!r} is not {where}: {wrong_sep}")
     return DataError(f"{path}: column {name!r} is not {where}. {column_hint(name, columns)}")
 
 
@@ -38,6 +46,17 @@ def rows_text(rows: Sequence[Any]) -> str:
     word = "row" if len(rows) == 1 else "rows"
     more = f", ... ({len(rows)} in all)" if len(rows) > _MAX_ROWS else ""
     return f"{word} {shown}{more}"
+
+
+def beyond_float32(values: np.ndarray) -> np.ndarray:
+    """True where a finite float64 value is too large in magnitude for float32 (±3.4e38)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (np.abs(values) > FLOAT32_MAX)
+
+
+def beyond_float32_text(value: float) -> str:
+    """'1e+39 is beyond float32's range (±3.4e38)'."""
+    return f"{float(value)!r} is beyond float32's range (±3.4e38)"
 
 
 def jsonable(value: Any) -> Any:

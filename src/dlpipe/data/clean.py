@@ -15,7 +15,13 @@ import numpy as np
 import pandas as pd
 
 from dlpipe.config import MissingConfig, OutlierConfig
-from dlpipe.data._messages import counts_by_label, rows_text, unknown_column
+from dlpipe.data._messages import (
+    beyond_float32,
+    beyond_float32_text,
+    counts_by_label,
+    rows_text,
+    unknown_column,
+)
 from dlpipe.errors import DataError
 
 Splits = dict[str, pd.DataFrame]
@@ -41,17 +47,29 @@ def drop_columns(
 
 
 def check_target(frame: pd.DataFrame, target: str, *, drop: bool) -> tuple[pd.DataFrame, int]:
-    """Fail on missing or non-finite targets, or drop those rows when `drop`; return the count."""
+    """Fail on missing or non-finite targets, or numbers beyond float32's range (the model's
+    targets are float32), or drop those rows when `drop`; return the count."""
     y = frame[target]
     bad = y.isna().to_numpy()
+    huge = np.zeros(len(y), dtype=bool)
     if pd.api.types.is_numeric_dtype(y.dtype) and not pd.api.types.is_bool_dtype(y.dtype):
-        bad = bad | ~np.isfinite(y.to_numpy(dtype=float, na_value=np.nan))
+        values = y.to_numpy(dtype=float, na_value=np.nan)
+        huge = beyond_float32(values)
+        bad = bad | ~np.isfinite(values) | huge
     count = int(bad.sum())
     if count and not drop:
+        fix = "set data.clean.drop_missing_target: true to drop them"
+        if huge.any():
+            first = int(np.flatnonzero(huge)[0])
+            more = (f" ({count} missing, non-finite or too large values in all: "
+                    f"{rows_text(frame.index[bad])})" if count > 1 else "")
+            raise DataError(
+                f"data.target: column {target!r}, row {frame.index[first]}: "
+                f"{beyond_float32_text(y.iloc[first])}{more}; fix the data, or {fix}"
+            )
         raise DataError(
             f"data.target: {count} missing or non-finite values in column {target!r} "
-            f"({rows_text(frame.index[bad])}); set data.clean.drop_missing_target: true to "
-            f"drop them"
+            f"({rows_text(frame.index[bad])}); {fix}"
         )
     return (frame[~bad] if count else frame), count
 

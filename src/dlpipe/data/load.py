@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from dlpipe._csv import (
+    check_decoded,
+    config_hint,
+    is_utf8,
+    not_text_error,
+    parse_options,
+    read_options,
+)
 from dlpipe.config import SourceConfig
 from dlpipe.errors import DataError
 
@@ -38,19 +46,24 @@ _FIELD = "data.source.path"
 
 
 def load_table(
-    source: SourceConfig | str | os.PathLike[str], format: str = "auto"
+    source: SourceConfig | str | os.PathLike[str], format: str = "auto", *,
+    encoding: str = "utf-8", sep: str = ",", hint: Callable[[str, str], str] = config_hint,
 ) -> pd.DataFrame:
     """Read a table from a `SourceConfig` (file or builtin) or straight from a file path.
 
     Args:
         source: the `data.source` section, or a path.
         format: `auto` (by extension), `csv`, `parquet`, `jsonl` or `npz`; used for paths only.
+        encoding: text encoding of a CSV path (a `SourceConfig` carries its own).
+        sep: field separator of a CSV path (a `SourceConfig` carries its own).
+        hint: how an error says to set a CSV option (`hint('encoding', 'latin-1')`).
 
     Returns:
         The table with a fresh RangeIndex, so index labels are 0-based row numbers in the file.
 
     Raises:
-        DataError: the file is missing, empty, unreadable or of an unknown format.
+        DataError: the file is missing, empty, unreadable, not text in its encoding (naming
+            the line and the byte) or of an unknown format.
         ConfigError: bad `params` for a builtin generator.
 
     Example:
@@ -61,10 +74,10 @@ def load_table(
             from dlpipe.data.builtin import load_builtin
 
             return load_builtin(source.builtin, source.params)
-        path, format = source.path, source.format
+        path, format, encoding, sep = source.path, source.format, source.encoding, source.sep
     else:
         path = source
-    return read_file(Path(str(path)), format)
+    return read_file(Path(str(path)), format, encoding=encoding, sep=sep, hint=hint)
 
 
 def resolve_format(path: Path, format: str = "auto") -> str:
@@ -88,7 +101,8 @@ def resolve_format(path: Path, format: str = "auto") -> str:
     return found
 
 
-def read_file(path: Path, format: str = "auto") -> pd.DataFrame:
+def read_file(path: Path, format: str = "auto", *, encoding: str = "utf-8", sep: str = ",",
+              hint: Callable[[str, str], str] = config_hint) -> pd.DataFrame:
     """Read one CSV, Parquet, JSON Lines or .npz file; see `load_table`."""
     if not path.exists():
         raise DataError(f"{_FIELD}: file {str(path)!r} does not exist")
@@ -99,7 +113,13 @@ def read_file(path: Path, format: str = "auto") -> pd.DataFrame:
         raise DataError(f"{_FIELD}: {str(path)!r} is not a file")
     if path.stat().st_size == 0:
         raise DataError(f"{_FIELD}: file {str(path)!r} is empty")
-    frame = _read_npz(path) if fmt == "npz" else _table_to_frame(_read_arrow(path, fmt), path)
+    if fmt != "csv" and not is_utf8(encoding):
+        raise DataError(f"data.source.encoding: {encoding!r} applies to CSV files; "
+                        f"{str(path)!r} is {fmt}")
+    if fmt != "csv" and sep != ",":
+        raise DataError(f"data.source.sep: {sep!r} applies to CSV files; {str(path)!r} is {fmt}")
+    frame = _read_npz(path) if fmt == "npz" else _table_to_frame(
+        _read_arrow(path, fmt, encoding, hint, sep), path)
     if frame.shape[1] == 0:
         raise DataError(f"{_FIELD}: file {str(path)!r} has no columns")
     if len(frame) == 0:
@@ -164,7 +184,8 @@ def frame_from_arrays(
     return frame
 
 
-def _read_arrow(path: Path, fmt: str) -> Any:
+def _read_arrow(path: Path, fmt: str, encoding: str = "utf-8",
+                hint: Callable[[str, str], str] = config_hint, sep: str = ",") -> Any:
     import pyarrow as pa
 
     try:
@@ -173,7 +194,10 @@ def _read_arrow(path: Path, fmt: str) -> Any:
 
             # Empty cells in text columns are missing values, as in pandas.read_csv.
             options = pacsv.ConvertOptions(strings_can_be_null=True)
-            return pacsv.read_csv(path, convert_options=options)
+            table = pacsv.read_csv(path, read_options=read_options(encoding),
+                                   parse_options=parse_options(sep), convert_options=options)
+            check_decoded(path, table.schema, encoding, _FIELD, hint)
+            return table
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
@@ -182,8 +206,12 @@ def _read_arrow(path: Path, fmt: str) -> Any:
 
         return pajson.read_json(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
         if "Empty CSV file" in str(exc):
             raise DataError(f"{_FIELD}: file {str(path)!r} is empty") from None
+        if fmt == "csv" and (error := not_text_error(path, encoding, _FIELD, hint)):
+            raise error from None
         raise DataError(f"{_FIELD}: cannot read {str(path)!r} as {fmt}: {exc}") from None
 
 

@@ -23,6 +23,7 @@ every check has passed. What differs (docs/STREAMING.md):
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -33,9 +34,16 @@ import numpy as np
 import pandas as pd
 
 from dlpipe import runs
+from dlpipe._csv import (
+    check_decoded,
+    config_hint,
+    not_text_error,
+    parse_options,
+    read_options,
+)
 from dlpipe._running import Moments, Reservoir, column_seed
 from dlpipe.config import DataConfig, PipelineConfig
-from dlpipe.data._infer import MEDIA_KINDS, infer_kinds, infer_task
+from dlpipe.data._infer import MEDIA_KINDS, MadeMissing, infer_kinds, infer_task
 from dlpipe.data._messages import jsonable, unknown_column
 from dlpipe.data.clean import DEFAULT_THRESHOLD, check_target, missing_strategies
 from dlpipe.data.load import resolve_format
@@ -127,13 +135,19 @@ def _parquet_source(data: DataConfig, rundir: runs.RunDir) -> Path:
     import pyarrow.csv as pv
     import pyarrow.parquet as pq
 
+    encoding = data.source.encoding if data.source is not None else "utf-8"
+    sep = data.source.sep if data.source is not None else ","
     with rundir.writing(runs.SOURCE) as tmp:
         try:
-            reader = pv.open_csv(path, read_options=pv.ReadOptions(block_size=1 << 24))
+            reader = pv.open_csv(path, read_options=read_options(encoding, block_size=1 << 24),
+                                 parse_options=parse_options(sep))
+            check_decoded(path, reader.schema, encoding, "data.source.path", config_hint)
             with pq.ParquetWriter(tmp, reader.schema) as writer:
                 for batch in reader:
                     writer.write_batch(batch)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as err:
+            if error := not_text_error(path, encoding, "data.source.path", config_hint):
+                raise error from None
             raise DataError(f"data.source.path: cannot read {path} as CSV: {err}; a column "
                             f"whose first rows are numbers must hold numbers throughout") from None
     return rundir.file(runs.SOURCE)
@@ -178,7 +192,7 @@ class _Pass:
         self.writers: dict[str, Any] = {}
         self.rows_read = 0
         self.target_dropped = 0
-        self.infinite: Counter[str] = Counter()
+        self.made_missing: dict[str, MadeMissing] = {}
         self.labels: dict[str, Counter[Any]] = {s: Counter() for s in _SPLITS}
         self.rows = dict.fromkeys(_SPLITS, 0)
         self.chunks = 0
@@ -275,8 +289,9 @@ class _Pass:
         data = self.data
         frame, dropped = check_target(frame, data.target, drop=data.clean.drop_missing_target)
         self.target_dropped += dropped
-        frame, _, infinite = infer_kinds(frame, self.inputs, self.kinds)
-        self.infinite.update(infinite)
+        frame, _, made_missing = infer_kinds(frame, self.inputs, self.kinds)
+        for column, counts in made_missing.items():
+            self.made_missing.setdefault(column, MadeMissing()).add(counts)
         y = frame[data.target]
         if self.task == "regression":
             _, _, y = infer_task(y, "regression", data.target)
@@ -390,9 +405,11 @@ class _Pass:
             "stream": {"chunk_rows": data.chunk_rows, "chunks": self.chunks,
                        "kinds_from_rows": min(data.chunk_rows, self.rows_read)},
         }
-        for column, count in self.infinite.items():
+        for column, counts in self.made_missing.items():
             if column in kinds:
-                profile["missing"]["columns"][column]["infinite_as_missing"] = count
+                profile["missing"]["columns"][column].update(counts.profile())
+                if message := counts.warning(column):
+                    warnings.warn(message, UserWarning, stacklevel=3)
         if task != "regression":
             profile["split"]["class_counts"] = {
                 s: {str(c): self.labels[s][c] for c in classes} for s in _SPLITS}

@@ -16,6 +16,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 import numpy as np
 import pandas as pd
 
+from dlpipe._csv import predict_hint, separator_hint
 from dlpipe.errors import DataError, DlpipeError
 
 
@@ -121,9 +122,10 @@ def require_columns(
     """Raise a DataError listing the expected schema if `frame` lacks any of `columns`."""
     missing = [c["name"] for c in columns if c["name"] not in frame.columns]
     if missing:
+        wrong_sep = separator_hint(frame.columns, predict_hint)
         raise DataError(
-            f"input is missing {len(missing)} column(s): {', '.join(missing)}; the model "
-            f"expects {describe_columns(columns)}"
+            f"input is missing {len(missing)} column(s): {', '.join(missing)}; "
+            + (f"{wrong_sep}" if wrong_sep else f"the model expects {describe_columns(columns)}")
         )
 
 

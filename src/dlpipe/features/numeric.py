@@ -22,6 +22,7 @@ from dlpipe._running import (
     combine,
     weighted_sample,
 )
+from dlpipe.data._messages import beyond_float32, beyond_float32_text
 from dlpipe.errors import DataError
 from dlpipe.features.base import check_fitted, json_scalar, per_column, plain, to_float
 
@@ -153,7 +154,15 @@ class NumericTransformer:
         x = self._matrix(frame)  # (N, C)
         x = np.where(np.isnan(x), np.asarray(self.fill_), x)
         x = np.clip(x, *self._bounds())
-        return ((x - np.asarray(self.center_)) / np.asarray(self.scale_)).astype(np.float32)
+        with np.errstate(over="ignore"):  # an overflow is refused just below, by name
+            scaled = (x - np.asarray(self.center_)) / np.asarray(self.scale_)
+        huge = np.argwhere(~np.isfinite(scaled) | beyond_float32(scaled))
+        if len(huge):  # a value within float32's range, but not once scaled
+            row, j = (int(v) for v in huge[0])
+            raise DataError(f"column {self.columns[j]!r}, row {row}: {float(x[row, j])!r} is too "
+                            f"large for the model: scaled, it is beyond float32's range "
+                            f"(±3.4e38); send a value of a plausible magnitude")
+        return scaled.astype(np.float32)
 
     def to_json(self) -> dict[str, Any]:
         check_fitted(self, "scale_")
@@ -195,6 +204,12 @@ class NumericTransformer:
             row, j = (int(v) for v in infinite[0])
             raise DataError(f"column {self.columns[j]!r}, row {row}: infinite value "
                             f"{x[row, j]}; send a finite number or leave the cell empty")
+        huge = np.argwhere(beyond_float32(x))  # the model's float32 inputs would hold inf
+        if len(huge):
+            row, j = (int(v) for v in huge[0])
+            raise DataError(f"column {self.columns[j]!r}, row {row}: "
+                            f"{beyond_float32_text(x[row, j])}; send a number within it or "
+                            f"leave the cell empty")
         return x
 
     def _settings(self) -> tuple[list[str], list[str], list[str]]:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dlpipe._running import RESERVOIR_SIZE, Moments
+from dlpipe.data._messages import beyond_float32, beyond_float32_text
 from dlpipe.errors import ConfigError, DataError, suggest
 from dlpipe.features.base import (
     as_objects,
@@ -485,11 +486,12 @@ class TargetEncoder:
 
     def _floats(self, y: pd.Series) -> np.ndarray:
         values = to_float(y, self.name)
-        bad = np.flatnonzero(~np.isfinite(values))
+        bad = np.flatnonzero(~np.isfinite(values) | beyond_float32(values))
         if len(bad):
             row = int(bad[0])
             value = values[row]
-            what = "missing value" if np.isnan(value) else f"{value} is not a finite number"
+            what = ("missing value" if np.isnan(value) else f"{value} is not a finite number"
+                    if np.isinf(value) else beyond_float32_text(value))
             raise DataError(f"target column {self.name!r}, row {row}: {what}; set "
                             f"data.clean.drop_missing_target: true to drop such rows")
         return values
